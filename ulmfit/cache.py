@@ -1,0 +1,149 @@
+"""A content-addressed store: each pipeline stage's output is a folder named by a hash of its inputs.
+
+Why a folder per key: a stage writes several files (arrays, vocabulary, metadata) that must
+appear together or not at all. The folder is built under a temporary name and renamed into
+place in one step, so an interrupted run leaves no half entry; every file's size and SHA-256 go
+into ``manifest.json``, so a truncated or corrupted entry is detected and rebuilt, never used.
+A lock file per key makes a second process preparing the same data wait for the first and
+then reuse its result instead of computing it twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ulmfit.errors import UserError
+
+MANIFEST = "manifest.json"
+_BLOCK = 1 << 20
+
+
+def default_root() -> Path:
+    """``$ULMFIT_CACHE``, else ``$XDG_CACHE_HOME/ulmfit``, else ``~/.cache/ulmfit``."""
+    env = os.environ.get("ULMFIT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "ulmfit"
+
+
+def key_of(settings: Any) -> str:
+    """Stable hash of a JSON-able description of everything that changes a stage's output."""
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Cache:
+    """Entries live at ``root/stage/key/``; see the module docstring for the guarantees."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root).expanduser() if root else default_root()
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def load(self, stage: str, key: str, verify: bool = True) -> Path | None:
+        """The entry's folder if it exists and is intact; a damaged entry is removed."""
+        entry = self.path(stage, key)
+        manifest = entry / MANIFEST
+        if not manifest.exists():
+            return None
+        if verify and not self._intact(entry):
+            self._discard(entry)
+            return None
+        return entry
+
+    def manifest(self, entry: Path) -> dict:
+        return json.loads((entry / MANIFEST).read_text())
+
+    def build(
+        self, stage: str, key: str, write: Callable[[Path], dict[str, Any]], verify: bool = True
+    ) -> tuple[Path, bool]:
+        """Return ``(entry, built)``: the intact entry, computing it with ``write(tmp_dir)`` if needed.
+
+        ``write`` fills the folder it is given and returns metadata kept in the manifest.
+        """
+        found = self.load(stage, key, verify)
+        if found:
+            return found, False
+        with self._lock(stage, key):
+            found = self.load(stage, key, verify)  # another process may have built it meanwhile
+            if found:
+                return found, False
+            final = self.path(stage, key)
+            tmp = final.parent / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir(parents=True)
+            try:
+                meta = write(tmp)
+                files = {
+                    p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
+                    for p in sorted(tmp.iterdir())
+                    if p.is_file()
+                }
+                manifest = {"stage": stage, "key": key, "files": files, "meta": meta}
+                _write_json_synced(tmp / MANIFEST, manifest)
+                if final.exists():  # a damaged entry that load() could not remove
+                    self._discard(final)
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            return final, True
+
+    def _intact(self, entry: Path) -> bool:
+        try:
+            manifest = self.manifest(entry)
+            for name, info in manifest["files"].items():
+                p = entry / name
+                if p.stat().st_size != info["size"] or file_sha256(p) != info["sha256"]:
+                    return False
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return True
+
+    def _discard(self, entry: Path) -> None:
+        trash = entry.parent / f".trash-{entry.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(entry, trash)
+        except OSError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    @contextmanager
+    def _lock(self, stage: str, key: str) -> Iterator[None]:
+        folder = self.root / stage
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create cache folder {folder}: {e.strerror}") from None
+        with open(folder / f".{key}.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_json_synced(path: Path, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())

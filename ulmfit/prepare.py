@@ -1,0 +1,347 @@
+"""Sources -> tokens -> numbers, each stage cached on disk under a hash of all it depends on.
+
+Stage ``tokens``: read the inputs in chunks, tokenize on every core, write one flat int32 array
+of corpus-wide token ids (numbered by first appearance), document offsets, the token strings
+and their counts, and the checked labels. Stage ``numbers``: build the vocabulary from the
+counts and write the corpus as uint16 ids (memory-mapped by readers). A second run over
+unchanged inputs and settings only hashes the input files and checks the stored entry.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ulmfit.cache import Cache
+from ulmfit.data.sources import ReadReport, SourceSpec, file_fingerprint, guess_format, iter_source
+from ulmfit.errors import UserError
+from ulmfit.text.vocab import VocabConfig, build_vocab, id_dtype, load_vocab, save_vocab
+
+# Bump when a stage's output for the same inputs changes (part of the cache keys).
+TOKENS_VERSION = 1
+NUMBERS_VERSION = 1
+
+
+@dataclass
+class PrepareConfig:
+    """Every setting of ``prepare``; the ones that change the output are in the cache keys."""
+
+    workers: int = 0  # 0 = all cores
+    chunk_docs: int = 1000  # documents per task sent to a worker
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    label_kind: str | None = None  # None = inferred (single / multi / float)
+    cache_dir: Path | None = None  # None = $ULMFIT_CACHE or ~/.cache/ulmfit
+    progress: bool | None = None  # None = only when stderr is a terminal
+
+
+@dataclass
+class Prepared:
+    """A numericalized corpus: ``ids[offsets[i]:offsets[i+1]]`` is document i (xxbos first)."""
+
+    path: Path
+    ids: np.ndarray  # memory-mapped, uint16 when the vocabulary fits
+    offsets: np.ndarray  # int64, n_docs + 1
+    vocab: list[str]
+    rows: np.ndarray  # each document's 0-based row in its input
+    sources: np.ndarray  # each document's input (index into meta["inputs"])
+    labels: np.ndarray | None
+    label_kind: str
+    classes: list[str]
+    meta: dict
+    cached: bool = False
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def doc(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    @classmethod
+    def load(cls, entry: Path, cached: bool = False) -> Prepared:
+        manifest = json.loads((entry / "manifest.json").read_text())
+        meta = manifest["meta"]
+        labels = np.load(entry / "labels.npy") if (entry / "labels.npy").exists() else None
+        return cls(
+            path=entry,
+            ids=np.load(entry / "ids.npy", mmap_mode="r"),
+            offsets=np.load(entry / "offsets.npy"),
+            vocab=load_vocab(entry / "vocab.json"),
+            rows=np.load(entry / "rows.npy"),
+            sources=np.load(entry / "sources.npy"),
+            labels=labels,
+            label_kind=meta["label_kind"],
+            classes=meta["classes"],
+            meta=meta,
+            cached=cached,
+        )
+
+    def summary(self) -> dict:
+        """The figures ``ulmfit prepare --json`` prints."""
+        m = self.meta
+        out = {
+            "docs": m["docs"],
+            "tokens": m["tokens"],
+            "vocab_size": m["vocab_size"],
+            "unk_rate": m["unk_rate"],
+            "label_kind": self.label_kind,
+            "classes": self.classes,
+            "inputs": m["inputs"],
+            "cache": str(self.path),
+            "cached": self.cached,
+        }
+        if self.labels is not None and self.label_kind == "single":
+            counts = np.bincount(self.labels, minlength=len(self.classes))
+            out["class_counts"] = dict(zip(self.classes, counts.tolist()))
+        return out
+
+
+def _spec_settings(spec: SourceSpec) -> dict:
+    """What, besides its bytes, decides how an input is read."""
+    return {
+        "fmt": spec.fmt or guess_format(spec.path),
+        "text_cols": spec.text_cols,
+        "label_cols": spec.label_cols,
+        "label_delim": spec.label_delim,
+        "encoding": spec.encoding,
+        "corpus_mode": spec.corpus_mode,
+    }
+
+
+def _tokenizer_settings() -> dict:
+    from importlib.metadata import version
+
+    from ulmfit.text.rules import DEFAULT_RULES, SPECIAL_TOKENS
+
+    return {
+        "rules": [r.__name__ for r in DEFAULT_RULES],
+        "special_tokens": SPECIAL_TOKENS,
+        "spacy": version("spacy"),
+        "lang": "en",
+    }
+
+
+def tokens_key(specs: list[SourceSpec], cfg: PrepareConfig) -> str:
+    from ulmfit.cache import key_of
+
+    return key_of(
+        {
+            "stage": "tokens",
+            "version": TOKENS_VERSION,
+            "tokenizer": _tokenizer_settings(),
+            "label_kind": cfg.label_kind,
+            "inputs": [[file_fingerprint(s), _spec_settings(s)] for s in specs],
+        }
+    )
+
+
+def _input_size(path: Path) -> int:
+    """Bytes of text to expect (a .gz file's stored size of its content), for the ETA."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*.txt"))
+    size = path.stat().st_size
+    if path.suffix == ".gz" and size >= 4:
+        with open(path, "rb") as f:
+            f.seek(-4, 2)
+            isize = int.from_bytes(f.read(4), "little")
+        size = isize + (1 << 32) * (size * 4 // (1 << 32))  # ISIZE is stored mod 2**32
+    return size
+
+
+def _progress(cfg: PrepareConfig, specs: list[SourceSpec]):
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    return tqdm(total=None, unit="doc", desc="tokenize", disable=not show, dynamic_ncols=True)
+
+
+def _write_tokens(tmp: Path, specs: list[SourceSpec], cfg: PrepareConfig) -> dict:
+    from ulmfit.data.labels import encode_labels, infer_label_kind
+    from ulmfit.text.parallel import CorpusNumberer, default_workers, encode_chunks
+
+    t0 = time.perf_counter()
+    workers = cfg.workers or default_workers()
+    numberer = CorpusNumberer()
+    reports = [ReadReport() for _ in specs]
+    kinds = [infer_label_kind(s, cfg.label_kind) for s in specs]
+    labelled = [k != "none" for k in kinds]
+    if any(labelled) and not all(labelled):
+        raise UserError("some inputs have labels and some do not; prepare them separately")
+    kind = kinds[0] if specs else "none"
+    if len(set(kinds)) > 1:
+        raise UserError(f"the inputs have different kinds of labels: {', '.join(kinds)}")
+
+    def batches():
+        for k, spec in enumerate(specs):
+            for b in iter_source(spec, chunk_rows=cfg.chunk_docs, report=reports[k]):
+                b.source = k
+                yield b
+
+    total_bytes = sum(_input_size(s.path) for s in specs)
+    lengths, rows, srcs, raw_labels = [], [], [], []
+    done_chars = 0
+    n_tokens = 0
+    with open(tmp / "ids.i32", "wb") as out, _progress(cfg, specs) as bar:
+        for batch, enc in encode_chunks(batches(), workers, numberer):
+            out.write(enc.ids.tobytes())
+            n_tokens += len(enc.ids)
+            lengths.append(enc.lengths)
+            rows.append(np.asarray(batch.rows, dtype=np.int64))
+            srcs.append(np.full(len(batch.rows), batch.source, dtype=np.int32))
+            if batch.labels is not None:
+                raw_labels.extend(batch.labels)
+            done_chars += sum(len(t) for t in batch.texts)
+            bar.update(len(batch.texts))
+            if done_chars:
+                bar.total = max(bar.n, int(bar.n * total_bytes / done_chars))
+    lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    offsets = np.zeros(len(lengths_all) + 1, dtype=np.int64)
+    np.cumsum(lengths_all, out=offsets[1:])
+    np.save(tmp / "offsets.npy", offsets)
+    rows_all = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    np.save(tmp / "rows.npy", rows_all)
+    np.save(tmp / "sources.npy", np.concatenate(srcs) if srcs else np.zeros(0, dtype=np.int32))
+    (tmp / "strings.json").write_text(json.dumps(numberer.itos, ensure_ascii=False))
+    np.save(tmp / "counts.npy", numberer.counts[: len(numberer.itos)])
+    classes: list[str] = []
+    if kind != "none":
+        spec = specs[0]
+        where = str(spec.path) if len(specs) == 1 else ", ".join(str(s.path) for s in specs)
+        cols = (
+            spec.label_cols
+            if spec.label_cols and len(spec.label_cols) > 1
+            else (spec.label_cols[0] if spec.label_cols else "folder")
+        )
+        ls = encode_labels(raw_labels, kind, rows_all.tolist(), where, cols)
+        np.save(tmp / "labels.npy", ls.values)
+        classes = list(ls.classes)
+    return {
+        "docs": int(len(lengths_all)),
+        "tokens": int(n_tokens),
+        "label_kind": kind,
+        "classes": classes,
+        "inputs": [
+            {
+                "path": str(s.path),
+                "rows_read": r.rows_read,
+                "skipped_empty": len(r.skipped_empty),
+                "report": r.summary(),
+            }
+            for s, r in zip(specs, reports)
+        ],
+        "workers": workers,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _write_numbers(tmp: Path, tok_entry: Path, cfg: PrepareConfig) -> dict:
+    tok_meta = json.loads((tok_entry / "manifest.json").read_text())["meta"]
+    strings = json.loads((tok_entry / "strings.json").read_text())
+    counts = np.load(tok_entry / "counts.npy")
+    vocab = build_vocab(strings, counts, cfg.vocab)
+    if len(vocab) > np.iinfo(np.int32).max:
+        raise UserError("vocabulary too large")
+    stoi = {t: i for i, t in enumerate(vocab)}
+    remap = np.fromiter((stoi.get(s, 0) for s in strings), dtype=np.int64, count=len(strings))
+    dtype = id_dtype(len(vocab))
+    src = (
+        np.memmap(tok_entry / "ids.i32", dtype=np.int32, mode="r")
+        if tok_meta["tokens"]
+        else (np.zeros(0, dtype=np.int32))
+    )
+    out = np.lib.format.open_memmap(tmp / "ids.npy", mode="w+", dtype=dtype, shape=(len(src),))
+    step = 1 << 22  # 4M tokens at a time: memory stays flat whatever the corpus size
+    n_unk = 0
+    for i in range(0, len(src), step):
+        ids = remap[src[i : i + step]]
+        n_unk += int(np.count_nonzero(ids == 0))
+        out[i : i + step] = ids
+    out.flush()
+    del out
+    save_vocab(vocab, tmp / "vocab.json")
+    for name in ("offsets.npy", "rows.npy", "sources.npy", "labels.npy"):
+        if (tok_entry / name).exists():
+            (tmp / name).write_bytes((tok_entry / name).read_bytes())
+    return {
+        **tok_meta,
+        "vocab_size": len(vocab),
+        "vocab": asdict(cfg.vocab),
+        "unk_rate": round(n_unk / max(1, len(src)), 6),
+        "tokens_entry": tok_entry.name,
+    }
+
+
+def tokenize_stage(specs: list[SourceSpec], cfg: PrepareConfig) -> tuple[Path, bool]:
+    """The cached tokens of ``specs`` (entry folder, whether it was computed now)."""
+    if not specs:
+        raise UserError("no input given")
+    cache = Cache(cfg.cache_dir)
+    return cache.build("tokens", tokens_key(specs, cfg), lambda tmp: _write_tokens(tmp, specs, cfg))
+
+
+def prepare(specs: list[SourceSpec], cfg: PrepareConfig | None = None) -> Prepared:
+    """Tokenize, numericalize and cache ``specs``; a repeat call with the same inputs is a lookup."""
+    from ulmfit.cache import key_of
+
+    cfg = cfg or PrepareConfig()
+    if not specs:
+        raise UserError("no input given")
+    t0 = time.perf_counter()
+    cache = Cache(cfg.cache_dir)
+    tkey = tokens_key(specs, cfg)
+    nkey = key_of(
+        {"stage": "numbers", "version": NUMBERS_VERSION, "tokens": tkey, "vocab": asdict(cfg.vocab)}
+    )
+    entry = cache.load("numbers", nkey)
+    if entry is not None:
+        data = Prepared.load(entry, cached=True)
+    else:
+        tok_entry, _ = cache.build("tokens", tkey, lambda tmp: _write_tokens(tmp, specs, cfg))
+        entry, built = cache.build("numbers", nkey, lambda tmp: _write_numbers(tmp, tok_entry, cfg))
+        data = Prepared.load(entry, cached=not built)
+    data.meta["seconds"] = round(time.perf_counter() - t0, 3)
+    return data
+
+
+def write_tokens_jsonl(specs: list[SourceSpec], cfg: PrepareConfig, out: Path) -> dict:
+    """One JSON list of tokens per input row, in input order (rows with no text: ``["xxbos"]``)."""
+    if len(specs) != 1:
+        raise UserError("tokenize takes one input")
+    t0 = time.perf_counter()
+    entry, built = tokenize_stage(specs, cfg)
+    meta = json.loads((entry / "manifest.json").read_text())["meta"]
+    strings = json.loads((entry / "strings.json").read_text())
+    offsets = np.load(entry / "offsets.npy")
+    rows = np.load(entry / "rows.npy")
+    ids = np.memmap(entry / "ids.i32", dtype=np.int32, mode="r") if meta["tokens"] else []
+    n_rows = meta["inputs"][0]["rows_read"]
+    doc_of_row = np.full(n_rows, -1, dtype=np.int64)
+    doc_of_row[rows] = np.arange(len(rows))
+    empty = json.dumps(["xxbos"])
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for d in doc_of_row:
+                if d < 0:
+                    f.write(empty + "\n")
+                else:
+                    toks = [strings[i] for i in ids[offsets[d] : offsets[d + 1]]]
+                    f.write(json.dumps(toks, ensure_ascii=False) + "\n")
+        tmp.replace(out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {out}: {e.strerror}") from None
+    return {
+        "rows": int(n_rows),
+        "docs": meta["docs"],
+        "tokens": meta["tokens"],
+        "skipped_empty": sum(i["skipped_empty"] for i in meta["inputs"]),
+        "out": str(out),
+        "cached": not built,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
