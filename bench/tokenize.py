@@ -535,11 +535,10 @@ def markdown(fig: dict) -> str:
     ]
     if fig.get("ours_prepare_json"):
         j = fig["ours_prepare_json"]
-        extra = f", vocab_size {j['vocab_size']:,}" if isinstance(j.get("vocab_size"), int) else ""
-        lines += [
-            f"Ours, first run, as printed by `ulmfit prepare --json`{extra}: `{json.dumps(j)}`",
-            "",
-        ]
+        brief = {
+            k: v for k, v in j.items() if isinstance(v, (int, float, str, bool)) and k != "cache"
+        }
+        lines += [f"Ours, first run, from `ulmfit prepare --json`: `{json.dumps(brief)}`", ""]
     ident = fig.get("identity")
     if ident:
         lines.append(
@@ -792,6 +791,7 @@ def bench(a: argparse.Namespace) -> dict:
                 out = work / f"ours-{f.name.split('.')[0]}.jsonl"
                 cmd = [*ulmfit_cmd(), "tokenize", str(f), "--text-col", "text"]
                 cmd += ["--out", str(out), "--workers", str(a.workers)]
+                cmd += ["--cache-dir", str(work / "cache-tokenize")]  # not the user's cache
                 r = run_measured(f"ours: tokenize {f.name}", cmd, env=env_ours, cwd=work)
                 wall += r["wall"]
                 peak = max(peak, r["peak_rss_mib"])

@@ -4,7 +4,8 @@ Where a file is looked for, in order (see :func:`locate`):
 
 1. ``$ULMFIT_DATA/<path>`` when the environment variable ``ULMFIT_DATA`` names a data folder;
 2. ``<repo>/../shared/data/<path>`` (the shared data folder beside a checkout of this repository);
-3. the user's data cache, ``$ULMFIT_HOME/data/<path>`` (default ``~/.cache/ulmfit/data/<path>``),
+3. the user's data cache, ``$ULMFIT_HOME/data/<path>`` (by default
+   ``$XDG_CACHE_HOME/ulmfit/data/<path>`` or ``~/.cache/ulmfit/data/<path>``),
    downloading the file there first when it is missing or does not match its checksum.
 
 Downloads are all-or-nothing: the archive is streamed to a temporary file in the destination
@@ -88,8 +89,12 @@ def shared_roots() -> list[Path]:
 
 
 def cache_root() -> Path:
-    """The user's data cache: ``$ULMFIT_HOME/data``, by default ``~/.cache/ulmfit/data``."""
-    home = os.environ.get("ULMFIT_HOME") or os.path.join("~", ".cache", "ulmfit")
+    """The user's data cache: ``$ULMFIT_HOME/data``, else ``$XDG_CACHE_HOME/ulmfit/data``,
+    else ``~/.cache/ulmfit/data``."""
+    home = os.environ.get("ULMFIT_HOME")
+    if not home:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        home = os.path.join(xdg or os.path.join("~", ".cache"), "ulmfit")
     return Path(home).expanduser() / "data"
 
 
