@@ -10,18 +10,28 @@ spaCy ``Doc`` is built per text, which is where most of fastai's tokenization ti
 The one way a piece's tokens depend on its neighbours: spaCy applies its special cases (such
 as ``''``, made of ``'`` + ``'``) to the whole token sequence, and a special case that
 straddles the whitespace between two pieces can change how spaCy resolves overlapping
-matches. Where the border tokens of two neighbouring pieces could form such a pair, the whole
-text goes to spaCy in one call, exactly as fastai does it.
+matches. Where the border tokens of neighbouring pieces could form such a pair, that stretch
+of pieces goes to spaCy in one call (see ``Tokenizer._window``), which gives exactly what spaCy
+gives for the whole text.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from itertools import chain
 
 import numpy as np
 
-from ulmfit.text.rules import DEFAULT_RULES, SPECIAL_TOKENS, Rule, apply_rules
+from ulmfit.text.rules import (
+    BOS,
+    DEFAULT_RULES,
+    SPECIAL_TOKENS,
+    Rule,
+    apply_rules,
+    text_wide_rules,
+    word_rules,
+)
 
 # Maximal runs of whitespace / non-whitespace, the units spaCy's tokenizer works on.
 # Python's ``\s`` and ``str.isspace`` (which spaCy uses) agree on every character.
@@ -29,6 +39,13 @@ _RUNS = re.compile(r"\S+|\s+")
 # Texts where splitting on single spaces would not give spaCy's pieces: leading or trailing
 # whitespace, or whitespace followed by a space (spaCy keeps "\n " as one token).
 _NEEDS_RUNS = re.compile(r"^\s|\s$|\s ")
+# Plain words with common punctuation around them, whose spaCy tokens are just these parts
+# unless a special case applies (checked against spaCy on every distinct piece of IMDb in
+# tests/test_tokenize.py): tokenizing them in Python saves spaCy's cost per call.
+_SIMPLE = re.compile(
+    r'((?:xxmaj |xxup )?)([("]?)([a-z]+(?:-[a-z]+)*)([,.)?!;:"]?|\),|\)\.|",|"\.|\."|,"|\?"|!")'
+)
+_OTHER_WS = re.compile(r"[^\S ]")
 # Separates pieces tokenized together in one spaCy call; no special case contains it, so
 # nothing can match across it.
 _SEP = " xxpiecesep "
@@ -70,13 +87,27 @@ def special_case_pairs(tokenizer) -> set[tuple[str, str]]:
     return pairs
 
 
+_ASCII_WS_SPACE = tuple(c + " " for c in "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f ")
+
+
+def _needs_runs(text: str) -> bool:
+    """``_NEEDS_RUNS.search(text)``, with a quicker answer for ASCII text."""
+    if text.isascii():
+        return (
+            text[0].isspace() or text[-1].isspace() or any(pair in text for pair in _ASCII_WS_SPACE)
+        )
+    return _NEEDS_RUNS.search(text) is not None
+
+
 def pieces(text: str) -> list[str]:
     """The whitespace-separated units spaCy tokenizes independently, whitespace runs included.
 
     A single space after a token is that token's trailing whitespace in spaCy and yields
     nothing; any other whitespace run (minus such a first space) is a token of its own.
     """
-    if not _NEEDS_RUNS.search(text):
+    if not text:
+        return []
+    if not _needs_runs(text):
         return text.split(" ")
     out: list[str] = []
     for run in _RUNS.findall(text):
@@ -115,6 +146,17 @@ def _tokens_by_piece(tokenizer, batch: list[str]) -> list[list[str]]:
     return out
 
 
+def _spans(borders: list[int]) -> list[tuple[int, int]]:
+    """Runs of pieces linked by the given borders (border n joins pieces n-1 and n)."""
+    spans: list[tuple[int, int]] = []
+    for n in borders:
+        if spans and spans[-1][1] == n:
+            spans[-1] = (spans[-1][0], n + 1)
+        else:
+            spans.append((n - 1, n + 1))
+    return spans
+
+
 class Tokenizer:
     """Rules + spaCy + fastai's post rule (spaces in tokens become ``▁``), with a memo per piece.
 
@@ -133,11 +175,14 @@ class Tokenizer:
         batch_chars: int = 200_000,
     ) -> None:
         self.rules = DEFAULT_RULES if rules is None else rules
+        # With fastai's default rules, the per-word rules are memoised with the tokens.
+        self._per_word = list(self.rules) == DEFAULT_RULES
         self.lang = lang
         self.special_tokens = SPECIAL_TOKENS if special_tokens is None else special_tokens
         self.max_memo = max_memo
         self.batch_chars = batch_chars
         self._spacy = None
+        self._pairs: set[tuple[str, str]] = set()
         self.itos_: list[str] = []
         self.stoi_: dict[str, int] = {}
         self.memo_: dict[str, tuple[int, ...]] = {}
@@ -146,7 +191,9 @@ class Tokenizer:
         self.risky_: dict[str, tuple[tuple[int, ...], frozenset[str]]] = {}
         # Pieces whose last token could start a special case: the possible last tokens.
         self.lasts_: dict[str, frozenset[str]] = {}
-        self.fallbacks_ = 0
+        self.windows_: dict[tuple[str, ...], tuple[int, ...]] = {}
+        self.fallbacks_ = 0  # stretches of neighbouring pieces spaCy had to see together
+        self._bos = self._ids([BOS])[0]
 
     # -- spaCy, loaded on first use so that building a Tokenizer costs nothing ------------
     def _load(self) -> None:
@@ -174,13 +221,49 @@ class Tokenizer:
         return tuple(out)
 
     def _learn(self, new: list[str]) -> None:
-        """Tokenize unseen pieces, in batches of about ``batch_chars`` characters."""
+        """Tokenize unseen pieces.
+
+        A piece such as ``end.\n\nnext`` (IMDb's ``<br />``) holds whitespace runs of its own;
+        its parts are learned one by one and joined, since no special case crosses a
+        whitespace token, so that such combinations cost no spaCy call.
+        """
         if self._spacy is None:
             self._load()
         if len(self.memo_) + len(new) > self.max_memo:
             self.memo_.clear()
             self.risky_.clear()
             self.lasts_.clear()
+            self.windows_.clear()
+        composite = [p for p in new if _OTHER_WS.search(p) and not p.isspace()]
+        if not composite:
+            self._learn_atoms(new)
+            return
+        parts = {p: _RUNS.findall(p) for p in composite}
+        atoms = dict.fromkeys(p for p in new if p not in parts)
+        for runs in parts.values():
+            atoms.update(
+                dict.fromkeys(r for r in runs if r not in self.memo_ and r not in self.risky_)
+            )
+        self._learn_atoms(list(atoms))
+        for p, runs in parts.items():
+            ids: list[int] = []
+            for r in runs:
+                entry = self.memo_.get(r)
+                ids.extend(entry if entry is not None else self.risky_[r][0])
+            first, last = runs[0], runs[-1]
+            if last in self.lasts_:
+                self.lasts_[p] = self.lasts_[last]
+            if first in self.risky_:
+                self.risky_[p] = (tuple(ids), self.risky_[first][1])
+            else:
+                self.memo_[p] = tuple(ids)
+
+    def _learn_atoms(self, new: list[str]) -> None:
+        """Tokenize unseen whitespace-free pieces, in batches of about ``batch_chars`` characters."""
+        if self._per_word:
+            new_text = [word_rules(p) for p in new]
+        else:
+            new_text = new
         i = 0
         while i < len(new):
             j, size = i, 0
@@ -188,14 +271,15 @@ class Tokenizer:
                 size += len(new[j]) + len(_SEP)
                 j += 1
             batch = new[i:j]
-            raws = _tokens_by_piece(self._spacy, batch)
+            texts = new_text[i:j]
+            raws = self._tokens(texts)
             need_bare = [
                 k
                 for k, raw in enumerate(raws)
                 if raw[0] in self._special_orths or raw[-1] in self._special_orths
             ]
             bares = dict(
-                zip(need_bare, _tokens_by_piece(self._bare, [batch[k] for k in need_bare]))
+                zip(need_bare, _tokens_by_piece(self._bare, [texts[k] for k in need_bare]))
             )
             for k, (piece, raw) in enumerate(zip(batch, raws)):
                 bare = bares.get(k, raw)
@@ -210,23 +294,82 @@ class Tokenizer:
                     self.memo_[piece] = ids
             i = j
 
-    def _encode_pieces(self, text: str, ps: list[str]) -> list[int] | None:
-        """Token ids of one cleaned text from its pieces; None if a piece is not known yet."""
-        out: list[int] = []
-        memo, risky = self.memo_, self.risky_
+    def _tokens(self, texts: list[str]) -> list[list[str]]:
+        """spaCy's tokens of each piece; plain words skip spaCy, which is slow per call."""
+        out: list[list[str] | None] = []
+        hard: list[int] = []
+        rules = self._spacy.rules
+        for k, text in enumerate(texts):
+            m = _SIMPLE.fullmatch(text)
+            if m is not None:
+                mark, pre, core, post = m.groups()
+                parts = core.split("-")
+                if not (
+                    text in rules
+                    or core in rules
+                    or pre + core in rules
+                    or any(core + post[:i] in rules for i in (1, 2))
+                    or any(parts[-1] + post[:i] in rules for i in (1, 2))
+                    or pre + parts[0] in rules
+                    or any(w in rules for w in parts)
+                ):
+                    toks = [mark[:-1]] if mark else []
+                    if pre:
+                        toks.append(pre)
+                    for i, w in enumerate(parts):
+                        toks.extend(("-", w) if i else (w,))
+                    toks.extend(post)
+                    out.append(toks)
+                    continue
+            out.append(None)
+            hard.append(k)
+        if hard:
+            for k, toks in zip(hard, _tokens_by_piece(self._spacy, [texts[k] for k in hard])):
+                out[k] = toks
+        return out  # type: ignore[return-value]
+
+    def _encode_pieces(self, ps: list[str]) -> list[int] | None:
+        """Token ids of one text from its pieces; None if a piece is not known yet."""
+        head = [self._bos] if self._per_word else []
+        found = list(map(self.memo_.get, ps))
+        if None not in found:
+            return head + list(chain.from_iterable(found))
+        risky, lasts_of, pairs = self.risky_, self.lasts_, self._pairs
+        # Borders where a special case could straddle two pieces (see the module docstring).
+        joined: list[int] = []
         for n, p in enumerate(ps):
-            ids = memo.get(p)
-            if ids is None:
+            if found[n] is None:
                 entry = risky.get(p)
                 if entry is None:
                     return None
-                ids, firsts = entry
-                lasts = self.lasts_.get(ps[n - 1]) if n else None
-                if lasts and any((a, b) in self._pairs for a in lasts for b in firsts):
-                    self.fallbacks_ += 1
-                    return list(self._ids(t.text for t in self._spacy(text)))
-            out.extend(ids)
+                found[n] = entry[0]
+                lasts = lasts_of.get(ps[n - 1]) if n else None
+                if lasts and any((a, b) in pairs for a in lasts for b in entry[1]):
+                    joined.append(n)
+        if not joined:
+            return head + list(chain.from_iterable(found))
+        out = head
+        n = 0
+        for start, stop in _spans(joined):
+            out.extend(chain.from_iterable(found[n:start]))
+            out.extend(self._window(tuple(ps[start:stop])))
+            n = stop
+        out.extend(chain.from_iterable(found[n:]))
         return out
+
+    def _window(self, run: tuple[str, ...]) -> tuple[int, ...]:
+        """Ids of neighbouring pieces that spaCy must see together.
+
+        Pieces outside the run share no special-case match with it, so spaCy's answer for the
+        run alone (the pieces joined by the single spaces between them) is its answer for
+        that stretch of the whole text.
+        """
+        ids = self.windows_.get(run)
+        if ids is None:
+            self.fallbacks_ += 1
+            text = " ".join(word_rules(p) for p in run) if self._per_word else " ".join(run)
+            ids = self.windows_[run] = self._ids(t.text for t in self._spacy(text))
+        return ids
 
     # -- public ---------------------------------------------------------------------------
     def clean(self, text: str) -> str:
@@ -235,9 +378,11 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Local token ids (see ``itos_``) of each text, in order."""
-        cleaned = [apply_rules(t, self.rules) for t in texts]
-        split = [pieces(c) for c in cleaned]
-        out: list[list[int] | None] = [self._encode_pieces(c, ps) for c, ps in zip(cleaned, split)]
+        if self._per_word:
+            split = [pieces(text_wide_rules(t)) for t in texts]
+        else:
+            split = [pieces(apply_rules(t, self.rules)) for t in texts]
+        out: list[list[int] | None] = [self._encode_pieces(ps) for ps in split]
         todo = [k for k, ids in enumerate(out) if ids is None]
         if todo:
             seen = self.memo_.keys() | self.risky_.keys()
@@ -246,10 +391,10 @@ class Tokenizer:
                 new.update(dict.fromkeys(p for p in split[k] if p not in seen))
             self._learn(list(new))
             for k in todo:
-                ids = self._encode_pieces(cleaned[k], split[k])
+                ids = self._encode_pieces(split[k])
                 if ids is None:  # the memo was cleared mid-batch: learn this text alone
                     self._learn([p for p in dict.fromkeys(split[k]) if p not in self.memo_])
-                    ids = self._encode_pieces(cleaned[k], split[k])
+                    ids = self._encode_pieces(split[k])
                 out[k] = ids
         return out  # type: ignore[return-value]
 
