@@ -182,8 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ulmfit.text.rules import SPECIAL_TOKENS  # light: str rules only
+
+    bad = None
     if getattr(args, "workers", 0) < 0:
-        print("ulmfit: error: --workers must be 0 (all cores) or more", file=sys.stderr)
+        bad = "--workers must be 0 (all cores) or more"
+    elif getattr(args, "chunk_docs", 1) < 1:
+        bad = "--chunk-docs must be 1 or more"
+    elif getattr(args, "max_vocab", len(SPECIAL_TOKENS)) < len(SPECIAL_TOKENS):
+        bad = f"--max-vocab must be at least {len(SPECIAL_TOKENS)} (the special tokens)"
+    if bad:
+        print(f"ulmfit: error: {bad}", file=sys.stderr)
         return 2
     try:
         return args.func(args)
