@@ -7,9 +7,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 # CPU PyTorch first: a plain `torch` requirement would otherwise pull a multi-GB CUDA build.
+pip_install() {  # pip, without the noise of this machine's local package folders
+  .venv/bin/pip install -q "$@" 2> >(grep -v "^WARNING: Location" >&2)
+}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  .venv/bin/pip install -q "torch==2.13.0" \
-    || .venv/bin/pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+  pip_install "torch==2.13.0" || pip_install torch --index-url https://download.pytorch.org/whl/cpu
 fi
-.venv/bin/pip install -q -e ".${ULMFIT_EXTRAS:-}" 2>&1 | grep -v "^WARNING: Location" || true
+pip_install -e ".${ULMFIT_EXTRAS:-}"
 .venv/bin/python -c "import ulmfit, spacy, torch" # fail here, clearly, if the install did not work

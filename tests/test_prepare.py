@@ -487,3 +487,15 @@ def test_failure_in_the_second_input_caches_nothing(tmp_path):
             config(cache),
         )
     assert all_folders(cache) == []
+
+
+def test_copy_of_a_file_reports_its_own_path(tmp_path):
+    src = need(DATA / "trec6" / "test.csv")
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes(src.read_bytes())
+    cfg = PrepareConfig(workers=1, cache_dir=tmp_path / "cache", progress=False)
+    prepare([SourceSpec(copy, label_cols=["label"])], cfg)
+    again = prepare([SourceSpec(src, label_cols=["label"])], cfg)
+    assert again.cached
+    assert again.meta["inputs"][0]["path"] == str(src)
+    assert str(src) in again.meta["inputs"][0]["report"]

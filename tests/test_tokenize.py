@@ -63,7 +63,9 @@ def test_plain_word_shortcut_matches_spacy_on_every_imdb_piece():
     assert len(simple) > 10000
     tok = Tokenizer()
     tok("warm up")
-    assert tok._tokens(simple) == _tokens_by_piece(tok._spacy, simple)
+    fast, hard = tok._tokens(simple)
+    assert len(hard) < len(simple) // 10  # only words a special case touches
+    assert fast == _tokens_by_piece(tok._spacy, simple)
 
 
 def test_special_case_across_pieces():

@@ -61,13 +61,16 @@ class Cache:
         return self.root / stage / key
 
     def load(self, stage: str, key: str, verify: bool = True) -> Path | None:
-        """The entry's folder if it exists and is intact; a damaged entry is removed."""
+        """The entry's folder if it exists and is intact, else None.
+
+        A damaged entry is left alone here: only ``build``, holding the key's lock, replaces
+        it, so that a reader can never delete an entry another process has just rebuilt.
+        """
         entry = self.path(stage, key)
         manifest = entry / MANIFEST
         if not manifest.exists():
             return None
         if verify and not self._intact(entry):
-            self._discard(entry)
             return None
         return entry
 
@@ -100,7 +103,7 @@ class Cache:
                 }
                 manifest = {"stage": stage, "key": key, "files": files, "meta": meta}
                 _write_json_synced(tmp / MANIFEST, manifest)
-                if final.exists():  # a damaged entry that load() could not remove
+                if final.exists():  # a damaged (or manifest-less) entry: replace it
                     self._discard(final)
                 os.rename(tmp, final)
             except BaseException:

@@ -303,8 +303,17 @@ def prepare(specs: list[SourceSpec], cfg: PrepareConfig | None = None) -> Prepar
         tok_entry, _ = cache.build("tokens", tkey, lambda tmp: _write_tokens(tmp, specs, cfg))
         entry, built = cache.build("numbers", nkey, lambda tmp: _write_numbers(tmp, tok_entry, cfg))
         data = Prepared.load(entry, cached=not built)
+    _current_paths(data.meta, specs)
     data.meta["seconds"] = round(time.perf_counter() - t0, 3)
     return data
+
+
+def _current_paths(meta: dict, specs: list[SourceSpec]) -> None:
+    """Entries are keyed by content, so a copy of a file reuses the original's entry: report
+    the paths the user gave this time, not the ones stored with the entry."""
+    for info, spec in zip(meta["inputs"], specs):
+        info["report"] = info["report"].replace(info["path"], str(spec.path))
+        info["path"] = str(spec.path)
 
 
 def write_tokens_jsonl(specs: list[SourceSpec], cfg: PrepareConfig, out: Path) -> dict:

@@ -136,13 +136,17 @@ def _tokens_by_piece(tokenizer, batch: list[str]) -> list[list[str]]:
         starts.append(pos)
         pos += len(p) + len(_SEP)
     out: list[list[str]] = [[] for _ in batch]
+    from spacy.attrs import IDX, LENGTH
+
+    # Offsets as one array: building a Python Token object per token costs more than spaCy's
+    # own work. A token's text is always the slice of the input it covers.
+    spans = tokenizer(text).to_array([IDX, LENGTH]).tolist()
     k = 0
-    for t in tokenizer(text):
-        idx = t.idx
+    for idx, length in spans:
         while k + 1 < len(batch) and idx >= starts[k + 1]:
             k += 1
         if idx < starts[k] + len(batch[k]):
-            out[k].append(t.text)
+            out[k].append(text[idx : idx + length])
     return out
 
 
@@ -272,11 +276,11 @@ class Tokenizer:
                 j += 1
             batch = new[i:j]
             texts = new_text[i:j]
-            raws = self._tokens(texts)
+            raws, hard = self._tokens(texts)
             need_bare = [
                 k
-                for k, raw in enumerate(raws)
-                if raw[0] in self._special_orths or raw[-1] in self._special_orths
+                for k in hard
+                if raws[k][0] in self._special_orths or raws[k][-1] in self._special_orths
             ]
             bares = dict(
                 zip(need_bare, _tokens_by_piece(self._bare, [texts[k] for k in need_bare]))
@@ -294,8 +298,9 @@ class Tokenizer:
                     self.memo_[piece] = ids
             i = j
 
-    def _tokens(self, texts: list[str]) -> list[list[str]]:
-        """spaCy's tokens of each piece; plain words skip spaCy, which is slow per call."""
+    def _tokens(self, texts: list[str]) -> tuple[list[list[str]], list[int]]:
+        """spaCy's tokens of each piece (plain words skip spaCy, which is slow per call), and
+        which pieces went through spaCy."""
         out: list[list[str] | None] = []
         hard: list[int] = []
         rules = self._spacy.rules
@@ -326,7 +331,7 @@ class Tokenizer:
         if hard:
             for k, toks in zip(hard, _tokens_by_piece(self._spacy, [texts[k] for k in hard])):
                 out[k] = toks
-        return out  # type: ignore[return-value]
+        return out, hard  # type: ignore[return-value]
 
     def _encode_pieces(self, ps: list[str]) -> list[int] | None:
         """Token ids of one text from its pieces; None if a piece is not known yet."""
