@@ -248,20 +248,22 @@ def _write_numbers(tmp: Path, tok_entry: Path, cfg: PrepareConfig) -> dict:
     stoi = {t: i for i, t in enumerate(vocab)}
     remap = np.fromiter((stoi.get(s, 0) for s in strings), dtype=np.int64, count=len(strings))
     dtype = id_dtype(len(vocab))
-    src = (
-        np.memmap(tok_entry / "ids.i32", dtype=np.int32, mode="r")
-        if tok_meta["tokens"]
-        else (np.zeros(0, dtype=np.int32))
-    )
-    out = np.lib.format.open_memmap(tmp / "ids.npy", mode="w+", dtype=dtype, shape=(len(src),))
+    n = int(tok_meta["tokens"])
     step = 1 << 22  # 4M tokens at a time: memory stays flat whatever the corpus size
     n_unk = 0
-    for i in range(0, len(src), step):
-        ids = remap[src[i : i + step]]
-        n_unk += int(np.count_nonzero(ids == 0))
-        out[i : i + step] = ids
-    out.flush()
-    del out
+    # Plain reads and writes rather than memory maps, so that the pages of the corpus are not
+    # counted in this process's resident memory.
+    with open(tok_entry / "ids.i32", "rb") as src, open(tmp / "ids.npy", "wb") as out:
+        header = {
+            "descr": np.lib.format.dtype_to_descr(dtype),
+            "fortran_order": False,
+            "shape": (n,),
+        }
+        np.lib.format.write_array_header_1_0(out, header)
+        while chunk := src.read(4 * step):
+            ids = remap[np.frombuffer(chunk, dtype=np.int32)]
+            n_unk += int(np.count_nonzero(ids == 0))
+            out.write(ids.astype(dtype).tobytes())
     save_vocab(vocab, tmp / "vocab.json")
     for name in ("offsets.npy", "rows.npy", "sources.npy", "labels.npy"):
         if (tok_entry / name).exists():
@@ -270,7 +272,7 @@ def _write_numbers(tmp: Path, tok_entry: Path, cfg: PrepareConfig) -> dict:
         **tok_meta,
         "vocab_size": len(vocab),
         "vocab": asdict(cfg.vocab),
-        "unk_rate": round(n_unk / max(1, len(src)), 6),
+        "unk_rate": round(n_unk / max(1, n), 6),
         "tokens_entry": tok_entry.name,
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ def default_workers() -> int:
 
 def _init_worker() -> None:
     global _WORKER, _SENT
+    # spaCy's thinc imports PyTorch when it can find it (about 180 MB per process); a
+    # tokenizing worker never needs it, so it is kept out of the worker's imports.
+    if "torch" not in sys.modules:
+        sys.modules["torch"] = None  # type: ignore[assignment]
     _WORKER, _SENT = Tokenizer(), 0
 
 
@@ -104,7 +109,9 @@ def encode_chunks(
             new, sent = tok.itos_[sent:], len(tok.itos_)
             yield batch, Encoded(numberer.add(0, flat, new), lengths)
         return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # Fresh worker processes (not forks of this one): they do not carry the parent's pandas
+    # and reading buffers, which would otherwise count once more per worker.
+    ctx = mp.get_context("spawn")
     with ctx.Pool(workers, initializer=_init_worker) as pool:
         pending: deque = deque()
         it = iter(batches)

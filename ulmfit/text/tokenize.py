@@ -196,6 +196,7 @@ class Tokenizer:
         # Pieces whose last token could start a special case: the possible last tokens.
         self.lasts_: dict[str, frozenset[str]] = {}
         self.windows_: dict[tuple[str, ...], tuple[int, ...]] = {}
+        self._sets: dict[frozenset[str], frozenset[str]] = {}
         self.fallbacks_ = 0  # stretches of neighbouring pieces spaCy had to see together
         self._bos = self._ids([BOS])[0]
 
@@ -285,10 +286,14 @@ class Tokenizer:
             bares = dict(
                 zip(need_bare, _tokens_by_piece(self._bare, [texts[k] for k in need_bare]))
             )
+            sets = self._sets
             for k, (piece, raw) in enumerate(zip(batch, raws)):
                 bare = bares.get(k, raw)
                 firsts = frozenset({raw[0], bare[0]} & self._seconds)
                 lasts = frozenset({raw[-1], bare[-1]} & self._firsts)
+                # the same few sets recur for thousands of pieces: keep one object of each
+                firsts = sets.setdefault(firsts, firsts)
+                lasts = sets.setdefault(lasts, lasts)
                 ids = self._ids(raw)
                 if lasts:
                     self.lasts_[piece] = lasts
