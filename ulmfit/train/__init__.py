@@ -1,0 +1,34 @@
+"""Training engine: the fit loop (:class:`Learner`), schedules, discriminative learning rates,
+gradual unfreezing and the learning-rate range test."""
+
+from ulmfit.train.learner import (
+    ClassifierTask,
+    Learner,
+    LMTask,
+    StepOutput,
+    Task,
+    TrainConfig,
+    plot_losses,
+    read_jsonl,
+)
+from ulmfit.train.lr_find import LRFindResult, lr_find
+from ulmfit.train.optim import discriminative_lrs, ulmfit_lrs
+from ulmfit.train.schedules import Schedule, one_cycle, stlr
+
+__all__ = [
+    "ClassifierTask",
+    "LMTask",
+    "LRFindResult",
+    "Learner",
+    "Schedule",
+    "StepOutput",
+    "Task",
+    "TrainConfig",
+    "discriminative_lrs",
+    "lr_find",
+    "one_cycle",
+    "plot_losses",
+    "read_jsonl",
+    "stlr",
+    "ulmfit_lrs",
+]
