@@ -18,7 +18,6 @@ checked, and only then is it renamed into place atomically. Any failure raises
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import os
 import shutil
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ulmfit import __version__
+from ulmfit.cache import file_sha256 as sha256_file
 from ulmfit.errors import UserError
 
 #: Seconds to wait for the server to answer or send more data before giving up.
@@ -107,14 +107,6 @@ def locate(name: str) -> Path:
         if candidate.is_file():
             return candidate
     return download(ds, cache_root())
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download(entry: Dataset, dest_root: Path | str, url: str | None = None) -> Path:
