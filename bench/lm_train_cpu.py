@@ -1,0 +1,310 @@
+"""Language-model training throughput on the CPU: ours vs fastai 2.8 vs plain PyTorch LSTMs.
+
+fastai's standard AWD-LSTM language model (vocab 30,008, emb 400, hidden 1152, 3 layers, its
+default dropouts, AR/TAR, gradient clipping 0.1, Adam) trained on real text — the wiki30k
+vocabulary over ../shared/data/wikipedia_en/valid.txt — at bptt 70 and bs 32 and 64, with
+torch limited to 2 threads. Each contender runs in its own subprocess, one after another in the
+same run, and reports tokens/s over the timed batches (after warm-up batches):
+
+- ours: `ulmfit.train.Learner` with `LMTask` on `ulmfit.models.awd_lstm.LanguageModel`
+  (forward, cross-entropy + AR/TAR, backward, clip 0.1, AdamW under one-cycle);
+- fastai: `language_model_learner(dls, AWD_LSTM, pretrained=False)` and `learn.fit`, timed with
+  a callback from the first timed batch to the last (run with bench/.venv-fastai);
+- plain: `nn.Embedding` + three `nn.LSTM` + tied `nn.Linear`, no dropout, no AR/TAR: the
+  practical limit of this model on this CPU.
+
+    bash bench/setup_fastai_env.sh            # once
+    .venv/bin/python bench/lm_train_cpu.py    # appends a section to bench/RESULTS.md
+    .venv/bin/python bench/lm_train_cpu.py --batches 3 --no-write   # smoke run
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/ holds tokenize.py (named by the issue), which would shadow the standard library's
+# tokenize module for anything run from this folder: take the folder off the import path.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FASTAI_PY = REPO / "bench" / ".venv-fastai" / "bin" / "python"
+
+
+def _ids(n_tokens: int) -> list[int]:
+    """Real text, numericalized with the wiki30k vocabulary (30,008 entries)."""
+    from ulmfit.data.sources import SourceSpec, iter_source
+    from ulmfit.models.pretrained import read_itos
+    from ulmfit.text.tokenize import Tokenizer
+
+    itos = read_itos(SHARED / "models" / "wiki30k_fwd" / "itos.pkl")
+    stoi = {t: i for i, t in enumerate(itos)}
+    tok, out = Tokenizer(), []
+    for batch in iter_source(SourceSpec(SHARED / "data" / "wikipedia_en" / "valid.txt")):
+        for toks in tok.tokenize_batch(batch.texts):
+            out.extend(stoi.get(t, 0) for t in toks)
+        if len(out) >= n_tokens:
+            break
+    return out[:n_tokens]
+
+
+# --- contenders (each runs in a subprocess: `python lm_train_cpu.py _run NAME ...`) -----------
+
+
+def _batches(ids, bs: int, bptt: int, n: int):
+    import torch
+
+    data = torch.tensor(ids[: bs * (bptt * n + 1)]).view(bs, -1)
+    for k in range(n):
+        yield data[:, k * bptt : (k + 1) * bptt], data[:, k * bptt + 1 : (k + 1) * bptt + 1]
+
+
+class _TimedLoader:
+    """Batches for the Learner, noting the time when batch ``warm`` is asked for and when the
+    epoch's batches run out (validation and the checkpoint fall outside that window)."""
+
+    def __init__(self, batches, warm: int):
+        self.batches, self.warm, self.t0, self.t1 = batches, warm, None, None
+
+    def __len__(self):
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __iter__(self):
+        for k, b in enumerate(self.batches):
+            if k == self.warm:
+                self.t0 = time.perf_counter()
+            yield b
+        self.t1 = time.perf_counter()
+
+
+def run_ours(ids, bs, bptt, warm, timed) -> float:
+    """The real thing: our Learner (LMTask: cross-entropy + AR/TAR, clipping 0.1, AdamW with
+    one-cycle) on our LanguageModel, timed from the first timed batch to the epoch's end."""
+    import tempfile
+
+    import torch
+
+    from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+    from ulmfit.train import Learner, LMTask, TrainConfig
+
+    torch.manual_seed(0)
+    model = LanguageModel(30008, AWDLSTMConfig())
+    train = _TimedLoader(list(_batches(ids, bs, bptt, warm + timed)), warm)
+    valid = _TimedLoader(list(_batches(ids, bs, bptt, 1)), 0)
+    cfg = TrainConfig(progress=False, verbose=False, plot=False)
+    with tempfile.TemporaryDirectory() as out:
+        Learner(model, train, valid, LMTask(), out_dir=out, config=cfg).fit_one_cycle(1, 1e-3)
+    return bs * bptt * timed / (train.t1 - train.t0)
+
+
+def run_plain(ids, bs, bptt, warm, timed) -> float:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(30008, 400)
+            self.rnns = nn.ModuleList(
+                [
+                    nn.LSTM(400, 1152, batch_first=True),
+                    nn.LSTM(1152, 1152, batch_first=True),
+                    nn.LSTM(1152, 400, batch_first=True),
+                ]
+            )
+            self.dec = nn.Linear(400, 30008)
+            self.dec.weight = self.emb.weight
+
+        def forward(self, x, hidden):
+            x, new = self.emb(x), []
+            for rnn, h in zip(self.rnns, hidden):
+                x, h = rnn(x, h)
+                new.append((h[0].detach(), h[1].detach()))
+            return self.dec(x), new
+
+    torch.manual_seed(0)
+    model = Plain().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    hidden = [(torch.zeros(1, bs, n), torch.zeros(1, bs, n)) for n in (1152, 1152, 400)]
+    t0 = None
+    for k, (x, y) in enumerate(_batches(ids, bs, bptt, warm + timed)):
+        if k == warm:
+            t0 = time.perf_counter()
+        logits, hidden = model(x, hidden)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return bs * bptt * timed / (time.perf_counter() - t0)
+
+
+def run_fastai(ids, bs, bptt, warm, timed) -> float:
+    import torch
+    from fastai.text.all import (
+        AWD_LSTM,
+        Callback,
+        DataLoaders,
+        LMDataLoader,
+        language_model_learner,
+    )
+
+    class Timer(Callback):
+        order = 99
+
+        def before_fit(self):
+            self.k, self.t0, self.t1 = 0, None, None
+
+        def before_batch(self):
+            if self.training and self.k == warm:
+                self.t0 = time.perf_counter()
+
+        def after_batch(self):
+            if self.training:
+                self.k += 1
+                if self.k == warm + timed:
+                    self.t1 = time.perf_counter()
+                    raise CancelFitException_()
+
+    from fastai.callback.core import CancelFitException as CancelFitException_
+
+    torch.manual_seed(0)
+    n = bs * (bptt * (warm + timed) + 1) + bs
+    docs = [torch.tensor(ids[:n])]
+    train = LMDataLoader(docs, bs=bs, seq_len=bptt, shuffle=False)
+    valid = LMDataLoader([torch.tensor(ids[: bs * bptt * 2])], bs=bs, seq_len=bptt)
+    dls = DataLoaders(train, valid)
+    dls.vocab = [f"t{i}" for i in range(30008)]
+    learn = language_model_learner(dls, AWD_LSTM, pretrained=False, metrics=[])
+    timer = Timer()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3, cbs=[timer])
+    return bs * bptt * timed / (timer.t1 - timer.t0)
+
+
+RUNNERS = {"ours": run_ours, "plain": run_plain, "fastai": run_fastai}
+
+
+def _child(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("name")
+    p.add_argument("ids")
+    p.add_argument("--bs", type=int)
+    p.add_argument("--bptt", type=int)
+    p.add_argument("--warm", type=int)
+    p.add_argument("--timed", type=int)
+    p.add_argument("--threads", type=int)
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    ids = json.loads(Path(a.ids).read_text())
+    tps = RUNNERS[a.name](ids, a.bs, a.bptt, a.warm, a.timed)
+    print(json.dumps({"tokens_per_s": tps, "torch": torch.__version__}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bs", type=int, nargs="+", default=[32, 64])
+    p.add_argument("--bptt", type=int, default=70)
+    p.add_argument("--warm", type=int, default=2, help="untimed batches first")
+    p.add_argument("--batches", type=int, default=12, help="timed batches per contender")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--contenders", default="ours,fastai,plain")
+    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
+    a = p.parse_args()
+    names = a.contenders.split(",")
+    need = max(a.bs) * (a.bptt * (a.warm + a.batches) + 2) + 8
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"ulmfit-lm-bench-{os.getpid()}.json"
+    tmp.write_text(json.dumps(_ids(need)))
+    rows = []
+    try:
+        for bs in a.bs:
+            for name in names:
+                py = str(FASTAI_PY) if name == "fastai" else sys.executable
+                cmd = [
+                    py,
+                    __file__,
+                    "_run",
+                    name,
+                    str(tmp),
+                    "--bs",
+                    str(bs),
+                    "--bptt",
+                    str(a.bptt),
+                    "--warm",
+                    str(a.warm),
+                    "--timed",
+                    str(a.batches),
+                    "--threads",
+                    str(a.threads),
+                ]
+                env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(a.threads)}
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if out.returncode != 0:
+                    raise SystemExit(f"{name} bs {bs} failed:\n{out.stderr[-3000:]}")
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append({"bs": bs, "name": name, **r})
+                print(f"bs {bs:3d} {name:7s} {r['tokens_per_s']:9.0f} tokens/s", file=sys.stderr)
+    finally:
+        tmp.unlink(missing_ok=True)
+    table = [
+        "| bs | contender | tokens/s | vs fastai | vs plain PyTorch |",
+        "|---|---|--:|--:|--:|",
+    ]
+    for bs in a.bs:
+        by = {r["name"]: r["tokens_per_s"] for r in rows if r["bs"] == bs}
+        for name in names:
+            vf = f"{by[name] / by['fastai']:.2f}x" if "fastai" in by else "–"
+            vp = f"{by[name] / by['plain']:.2f}x" if "plain" in by else "–"
+            table.append(f"| {bs} | {name} | {by[name]:,.0f} | {vf} | {vp} |")
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    import torch
+
+    section = "\n".join(
+        [
+            f"\n## Language-model training throughput on the CPU ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
+            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__} "
+            f"limited to {a.threads} threads; python {platform.python_version()}; ulmfit commit {commit}"
+            + (" (with uncommitted changes)" if dirty else "")
+            + "; fastai 2.8.12 in bench/.venv-fastai.",
+            f"Command: `.venv/bin/python bench/lm_train_cpu.py {' '.join(sys.argv[1:])}`".rstrip()
+            + "",
+            f"Model: vocab 30,008, emb 400, hidden 1152, 3 layers; bptt {a.bptt}; {a.warm} warm-up batches, "
+            f"then {a.batches} timed batches per contender, contenders one after another in one run.\n",
+            *table,
+            "",
+        ]
+    )
+    print(section)
+    if not a.no_write:
+        with open(a.results, "a") as f:
+            f.write(section)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_run":
+        _child(sys.argv[2:])
+    else:
+        main()
