@@ -144,6 +144,221 @@ def _add_input_options(p: argparse.ArgumentParser, labels: bool) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+# ---------------------------------------------------------------------------------------------
+# Language models: lm-eval, pretrain, finetune-lm
+
+
+def _print_metrics(label: str, m: dict) -> None:
+    print(
+        f"{label}loss {m['loss']:.4f}  perplexity {m['perplexity']:.2f}  "
+        f"accuracy {100 * m['accuracy']:.2f}%  ({m['tokens']:,} tokens predicted in "
+        f"{m['docs']:,} documents; {100 * m['unk_rate']:.2f}% of tokens unknown to the model)"
+    )
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    from ulmfit.models.io import load_lm
+    from ulmfit.tasks.language_model import lm_eval, read_token_corpus
+
+    specs = _specs(args)
+    model, vocab, info = load_lm(args.model, args.vocab)
+    corpus = read_token_corpus(
+        specs,
+        limit_docs=args.limit_docs,
+        workers=args.workers,
+        cache_dir=args.cache_dir,
+        progress=False if args.json else None,
+    )
+    m = lm_eval(
+        model, vocab, corpus, bs=args.bs, bptt=args.bptt, backwards=info["direction"] == "bwd"
+    )
+    m = {**m, "model": info["path"], "direction": info["direction"]}
+    if args.json:
+        print(json.dumps(m))
+    else:
+        _print_metrics("", m)
+    return 0
+
+
+def _lm_config(args: argparse.Namespace, cls):
+    """A PretrainConfig / FinetuneLMConfig from the options given (others keep the defaults)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(cls)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if args.json:
+        given["progress"] = False
+    return cls(**given)
+
+
+def _print_training(result: dict) -> None:
+    if result.get("vocab_remap"):
+        print(f"vocabulary: {result['vocab_remap']['summary']}")
+    for key, label in (("before", "before: "), ("after", "after:  ")):
+        if result.get(key):
+            _print_metrics(label, result[key])
+    print(f"model written to {result['out']}  (report: {result['report']})")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from ulmfit.tasks.language_model import PretrainConfig, pretrain
+
+    valid = None
+    if args.valid:
+        valid = _specs(argparse.Namespace(**{**vars(args), "inputs": [args.valid]}))
+    result = pretrain(_specs(args), args.out, _lm_config(args, PretrainConfig), valid=valid)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_training(result)
+    return 0
+
+
+def cmd_finetune_lm(args: argparse.Namespace) -> int:
+    from ulmfit.tasks.language_model import FinetuneLMConfig, finetune_lm
+
+    cfg = _lm_config(args, FinetuneLMConfig)
+    result = finetune_lm(_specs(args), args.pretrained, args.out, cfg, vocab=args.vocab)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_training(result)
+    return 0
+
+
+# Defaults of PretrainConfig / FinetuneLMConfig, repeated here so that --help can show them
+# without importing the training code (tests/test_language_model.py keeps them equal).
+LM_DEFAULTS = {
+    "pretrain": {
+        "epochs": 10,
+        "lr": 5e-3,
+        "bs": 64,
+        "bptt": 70,
+        "drop_mult": 0.3,
+        "wd": 0.1,
+        "valid_pct": 0.1,
+        "seed": 42,
+        "emb_sz": 400,
+        "n_hid": 1152,
+        "n_layers": 3,
+    },
+    "finetune-lm": {
+        "epochs": 10,
+        "lr": 2e-3,
+        "frozen_epochs": 1,
+        "frozen_lr": 2e-2,
+        "bs": 64,
+        "bptt": 70,
+        "drop_mult": 0.3,
+        "wd": 0.01,
+        "valid_pct": 0.1,
+        "seed": 42,
+    },
+}
+
+
+def _add_training_options(p: argparse.ArgumentParser, command: str) -> None:
+    d = LM_DEFAULTS[command]
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory")
+    if command == "finetune-lm":
+        p.add_argument(
+            "--frozen-epochs",
+            type=int,
+            help=f"epochs training only the last layer group (default {d['frozen_epochs']})",
+        )
+        p.add_argument(
+            "--frozen-lr",
+            type=float,
+            help=f"peak learning rate while frozen (default {d['frozen_lr']})",
+        )
+        p.add_argument(
+            "--epochs", type=int, help=f"epochs after unfreezing (default {d['epochs']})"
+        )
+    else:
+        p.add_argument("--epochs", type=int, help=f"epochs (default {d['epochs']})")
+    p.add_argument(
+        "--lr", type=float, help=f"peak learning rate of the one-cycle (default {d['lr']})"
+    )
+    p.add_argument("--bs", type=int, help=f"batch size in streams (default {d['bs']})")
+    p.add_argument("--bptt", type=int, help=f"tokens per step (default {d['bptt']})")
+    p.add_argument(
+        "--drop-mult",
+        type=float,
+        help=f"scales all of AWD-LSTM's dropouts (default {d['drop_mult']})",
+    )
+    p.add_argument("--wd", type=float, help=f"decoupled weight decay (default {d['wd']})")
+    p.add_argument(
+        "--valid-pct",
+        type=float,
+        help=f"share of documents held out for validation (default {d['valid_pct']})",
+    )
+    p.add_argument(
+        "--seed", type=int, help=f"seed of the split, shuffles and dropouts (default {d['seed']})"
+    )
+    p.add_argument(
+        "--max-vocab", type=int, default=60000, help="vocabulary size cap (fastai: 60000)"
+    )
+    p.add_argument("--min-freq", type=int, default=3, help="minimum count to enter the vocabulary")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it is a previous model directory"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="smoke test: every stage on a handful of rows, a few steps per stage",
+    )
+
+
+def _add_lm_commands(sub) -> None:
+    p = sub.add_parser(
+        "lm-eval",
+        help="perplexity and next-token accuracy of a language model on text",
+        description="Each document is read alone from a fresh hidden state; its tokens 2..n "
+        "are predicted from their prefixes. MODEL: a model directory, or a fastai .pth with "
+        "--vocab ITOS.pkl.",
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("inputs", nargs="+", metavar="DATA")
+    p.add_argument("--vocab", metavar="ITOS.pkl", help="vocabulary of a fastai .pth")
+    p.add_argument("--limit-docs", type=int, metavar="N", help="only the first N documents")
+    p.add_argument("--bs", type=int, default=64, help="documents per batch (default 64)")
+    p.add_argument("--bptt", type=int, default=200, help="tokens per chunk (default 200)")
+    _add_input_options(p, labels=False)
+    p.set_defaults(func=cmd_lm_eval)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="train a language model from scratch on a corpus",
+        description="Build the vocabulary from CORPUS, hold out documents (or use --valid) "
+        "and train an AWD-LSTM language model with one-cycle; writes a model directory.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="CORPUS")
+    p.add_argument("--valid", metavar="FILE", help="validation corpus (default: held-out docs)")
+    p.add_argument("--backwards", action="store_true", help="a backward model (tokens reversed)")
+    d = LM_DEFAULTS["pretrain"]
+    p.add_argument("--emb-sz", type=int, help=f"embedding size (default {d['emb_sz']})")
+    p.add_argument("--n-hid", type=int, help=f"LSTM hidden size (default {d['n_hid']})")
+    p.add_argument("--n-layers", type=int, help=f"LSTM layers (default {d['n_layers']})")
+    _add_training_options(p, "pretrain")
+    _add_input_options(p, labels=False)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser(
+        "finetune-lm",
+        help="fine-tune a pretrained language model on target text (ULMFiT stage 2)",
+        description="Vocabulary from DATA (labelled and unlabelled files alike, text only), "
+        "pretrained rows remapped onto it, validation perplexity before and after; "
+        "freeze + one-cycle, then unfreeze + one-cycle, as fastai does.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="DATA")
+    p.add_argument("--pretrained", required=True, metavar="MODEL", help="model dir or fastai .pth")
+    p.add_argument("--vocab", metavar="ITOS.pkl", help="vocabulary of a fastai .pth")
+    _add_training_options(p, "finetune-lm")
+    _add_input_options(p, labels=False)
+    p.set_defaults(func=cmd_finetune_lm)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ulmfit",
@@ -177,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="FILE.jsonl")
     _add_input_options(p, labels=False)
     p.set_defaults(func=cmd_tokenize)
+    _add_lm_commands(sub)
     return parser
 
 

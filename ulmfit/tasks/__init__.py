@@ -1,0 +1,1 @@
+"""What a user runs: language-model pretraining, fine-tuning and evaluation, classifiers."""
