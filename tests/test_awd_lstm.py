@@ -165,3 +165,23 @@ def test_dropouts_are_active_in_training_only_and_ar_tar():
     )
     loss.backward()
     assert model.encoder.rnns[0].lstm.weight_hh_l0.grad is not None  # through the dropped copy
+
+
+def test_embedding_dropout_equals_masking_the_matrix():
+    from ulmfit.models.awd_lstm import EmbeddingDropout, _drop_mask
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(50, 6, padding_idx=1)
+    words = torch.randint(0, 50, (4, 9))
+    drop = EmbeddingDropout(emb, 0.3).train()
+    torch.manual_seed(1)
+    ours = drop(words)
+    ours.sum().backward()
+    grad = emb.weight.grad.clone()
+    emb.weight.grad = None
+    torch.manual_seed(1)
+    mask = _drop_mask(emb.weight, (50,), 0.3)
+    ref = F.embedding(words, emb.weight * mask.unsqueeze(1), 1)
+    ref.sum().backward()
+    assert (mask == 0).any() and torch.allclose(ours, ref)
+    assert torch.allclose(grad, emb.weight.grad)

@@ -71,7 +71,12 @@ class RNNDropout(nn.Module):
 
 
 class EmbeddingDropout(nn.Module):
-    """Drops whole rows (words) of the embedding matrix, rescaling the others."""
+    """Drops whole words of the vocabulary (every occurrence in the batch), rescaling the others.
+
+    Same result and gradients as masking the rows of the embedding matrix (fastai's way), but
+    the mask is applied to the looked-up vectors only, not to the whole vocab x emb matrix at
+    every step.
+    """
 
     def __init__(self, emb: nn.Embedding, p: float) -> None:
         super().__init__()
@@ -79,9 +84,11 @@ class EmbeddingDropout(nn.Module):
 
     def forward(self, words: Tensor) -> Tensor:
         w = self.emb.weight
+        out = F.embedding(words, w, self.emb.padding_idx)
         if self.training and self.p != 0.0:
-            w = w * _drop_mask(w, (w.size(0), 1), self.p)
-        return F.embedding(words, w, self.emb.padding_idx)
+            keep = _drop_mask(w, (w.size(0),), self.p)
+            out = out * keep[words].unsqueeze(-1).to(out.dtype)
+        return out
 
 
 class WeightDropLSTM(nn.Module):

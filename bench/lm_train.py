@@ -1,10 +1,12 @@
-"""Language-model training throughput on the CPU: ours vs fastai 2.8 vs plain PyTorch LSTMs.
+"""Language-model training throughput: ours vs fastai 2.8 vs plain PyTorch LSTMs (CPU or GPU).
 
 fastai's standard AWD-LSTM language model (vocab 30,008, emb 400, hidden 1152, 3 layers, its
 default dropouts, AR/TAR, gradient clipping 0.1, Adam) trained on real text — the wiki30k
-vocabulary over ../shared/data/wikipedia_en/valid.txt — at bptt 70 and bs 32 and 64, with
-torch limited to 2 threads. Each contender runs in its own subprocess, one after another in the
-same run, and reports tokens/s over the timed batches (after warm-up batches):
+vocabulary over ../shared/data/wikipedia_en/valid.txt — at bptt 70 and bs 32 and 64 on the CPU
+(torch limited to 2 threads), or with `--device cuda` at bs 64/128/256 in mixed precision (ours:
+the Learner's bf16 autocast; plain: bf16 autocast; fastai: `to_fp16()`). Each contender runs in
+its own subprocess, one after another in the same run, and reports tokens/s over the timed
+batches (after warm-up batches):
 
 - ours: `ulmfit.train.Learner` with `LMTask` on `ulmfit.models.awd_lstm.LanguageModel`
   (forward, cross-entropy + AR/TAR, backward, clip 0.1, AdamW under one-cycle);
@@ -14,8 +16,12 @@ same run, and reports tokens/s over the timed batches (after warm-up batches):
   practical limit of this model on this CPU.
 
     bash bench/setup_fastai_env.sh            # once
-    .venv/bin/python bench/lm_train_cpu.py    # appends a section to bench/RESULTS.md
-    .venv/bin/python bench/lm_train_cpu.py --batches 3 --no-write   # smoke run
+    .venv/bin/python bench/lm_train.py        # CPU; appends a section to bench/RESULTS.md
+    .venv/bin/python bench/lm_train.py --batches 3 --no-write   # smoke run
+    python3 bench/lm_train.py --device cuda --bs 64 128 256 --ids IDS.json   # on a GPU machine
+
+On a GPU machine without ../shared, pass `--ids` (a JSON list of token ids made here with
+`--save-ids FILE`), and `--fastai-python python3` with fastai importable there.
 """
 
 from __future__ import annotations
@@ -61,6 +67,16 @@ def _ids(n_tokens: int) -> list[int]:
 # --- contenders (each runs in a subprocess: `python lm_train_cpu.py _run NAME ...`) -----------
 
 
+DEVICE = "cpu"
+
+
+def _sync() -> None:
+    import torch
+
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def _batches(ids, bs: int, bptt: int, n: int):
     import torch
 
@@ -85,8 +101,10 @@ class _TimedLoader:
     def __iter__(self):
         for k, b in enumerate(self.batches):
             if k == self.warm:
+                _sync()
                 self.t0 = time.perf_counter()
             yield b
+        _sync()
         self.t1 = time.perf_counter()
 
 
@@ -104,7 +122,7 @@ def run_ours(ids, bs, bptt, warm, timed) -> float:
     model = LanguageModel(30008, AWDLSTMConfig())
     train = _TimedLoader(list(_batches(ids, bs, bptt, warm + timed)), warm)
     valid = _TimedLoader(list(_batches(ids, bs, bptt, 1)), 0)
-    cfg = TrainConfig(progress=False, verbose=False, plot=False)
+    cfg = TrainConfig(progress=False, verbose=False, plot=False, device=DEVICE)
     with tempfile.TemporaryDirectory() as out:
         Learner(model, train, valid, LMTask(), out_dir=out, config=cfg).fit_one_cycle(1, 1e-3)
     return bs * bptt * timed / (train.t1 - train.t0)
@@ -137,18 +155,27 @@ def run_plain(ids, bs, bptt, warm, timed) -> float:
             return self.dec(x), new
 
     torch.manual_seed(0)
-    model = Plain().train()
+    dev = torch.device(DEVICE)
+    model = Plain().to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    hidden = [(torch.zeros(1, bs, n), torch.zeros(1, bs, n)) for n in (1152, 1152, 400)]
+    hidden = [
+        (torch.zeros(1, bs, n, device=dev), torch.zeros(1, bs, n, device=dev))
+        for n in (1152, 1152, 400)
+    ]
+    amp = dev.type == "cuda"
     t0 = None
     for k, (x, y) in enumerate(_batches(ids, bs, bptt, warm + timed)):
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         if k == warm:
+            _sync()
             t0 = time.perf_counter()
-        logits, hidden = model(x, hidden)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            logits, hidden = model(x, hidden)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    _sync()
     return bs * bptt * timed / (time.perf_counter() - t0)
 
 
@@ -170,12 +197,14 @@ def run_fastai(ids, bs, bptt, warm, timed) -> float:
 
         def before_batch(self):
             if self.training and self.k == warm:
+                _sync()
                 self.t0 = time.perf_counter()
 
         def after_batch(self):
             if self.training:
                 self.k += 1
                 if self.k == warm + timed:
+                    _sync()
                     self.t1 = time.perf_counter()
                     raise CancelFitException_()
 
@@ -188,7 +217,11 @@ def run_fastai(ids, bs, bptt, warm, timed) -> float:
     valid = LMDataLoader([torch.tensor(ids[: bs * bptt * 2])], bs=bs, seq_len=bptt)
     dls = DataLoaders(train, valid)
     dls.vocab = [f"t{i}" for i in range(30008)]
+    if DEVICE.startswith("cuda"):
+        dls = dls.to(DEVICE)
     learn = language_model_learner(dls, AWD_LSTM, pretrained=False, metrics=[])
+    if DEVICE.startswith("cuda"):
+        learn = learn.to_fp16()
     timer = Timer()
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 1e-3, cbs=[timer])
@@ -207,13 +240,34 @@ def _child(argv: list[str]) -> None:
     p.add_argument("--warm", type=int)
     p.add_argument("--timed", type=int)
     p.add_argument("--threads", type=int)
+    p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     import torch
 
-    torch.set_num_threads(a.threads)
+    global DEVICE
+    DEVICE = a.device
+    if DEVICE == "cpu":
+        torch.set_num_threads(a.threads)
     ids = json.loads(Path(a.ids).read_text())
     tps = RUNNERS[a.name](ids, a.bs, a.bptt, a.warm, a.timed)
     print(json.dumps({"tokens_per_s": tps, "torch": torch.__version__}))
+
+
+def _machine(device: str) -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    desc = f"{cpu}, {os.cpu_count()} cores"
+    if device.startswith("cuda"):
+        import torch
+
+        desc += f", {torch.cuda.get_device_name(0)}"
+    return desc
 
 
 def main() -> None:
@@ -224,18 +278,27 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=12, help="timed batches per contender")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--contenders", default="ours,fastai,plain")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (mixed precision)")
+    p.add_argument(
+        "--ids", type=Path, help="token ids as a JSON list (default: made from ../shared)"
+    )
+    p.add_argument("--save-ids", type=Path, help="write the token ids to this file and stop")
+    p.add_argument("--fastai-python", default=str(FASTAI_PY), help="python with fastai 2.8")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
     a = p.parse_args()
     names = a.contenders.split(",")
     need = max(a.bs) * (a.bptt * (a.warm + a.batches) + 2) + 8
+    if a.save_ids:
+        a.save_ids.write_text(json.dumps(_ids(need)))
+        return
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"ulmfit-lm-bench-{os.getpid()}.json"
-    tmp.write_text(json.dumps(_ids(need)))
+    tmp.write_text(a.ids.read_text() if a.ids else json.dumps(_ids(need)))
     rows = []
     try:
         for bs in a.bs:
             for name in names:
-                py = str(FASTAI_PY) if name == "fastai" else sys.executable
+                py = a.fastai_python if name == "fastai" else sys.executable
                 cmd = [
                     py,
                     __file__,
