@@ -1,0 +1,120 @@
+"""Fine-tune wiki30k_fwd on TREC-6 questions (CPU): perplexity before and after.
+
+Runs the user-facing commands and records them: `ulmfit lm-eval` of the pretrained model on
+the TREC-6 test questions, `ulmfit finetune-lm` on the training questions (its own held-out
+10% gives before/after figures over the target vocabulary), and `ulmfit lm-eval` of the result
+on the test questions. Appends a section to bench/RESULTS.md.
+
+    .venv/bin/python bench/finetune_trec.py [--epochs 2] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+ULMFIT = str(Path(sys.executable).parent / "ulmfit")
+
+
+def run(args: list[str]) -> tuple[dict, float, str]:
+    t0 = time.perf_counter()
+    out = subprocess.run([ULMFIT, *args, "--json"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"ulmfit {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return (
+        json.loads(out.stdout.strip().splitlines()[-1]),
+        time.perf_counter() - t0,
+        "ulmfit " + " ".join(args),
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--no-write", action="store_true")
+    a = p.parse_args()
+    model = SHARED / "models" / "wiki30k_fwd"
+    pth, itos = str(model / "lstm_fwd.pth"), str(model / "itos.pkl")
+    train, test = (
+        str(SHARED / "data" / "trec6" / "train.csv"),
+        str(SHARED / "data" / "trec6" / "test.csv"),
+    )
+    work = Path(tempfile.mkdtemp(prefix="ulmfit-ft-trec-"))
+    out_dir = str(work / "trec_lm")
+    try:
+        before, t_before, c_before = run(["lm-eval", pth, test, "--vocab", itos])
+        ft, t_ft, c_ft = run(
+            [
+                "finetune-lm",
+                train,
+                "--pretrained",
+                pth,
+                "--vocab",
+                itos,
+                "--out",
+                out_dir,
+                "--epochs",
+                str(a.epochs),
+            ]
+        )
+        after, t_after, c_after = run(["lm-eval", out_dir, test])
+    finally:
+        keep = os.environ.get("KEEP")
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    import torch
+
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in open("/proc/cpuinfo")
+            if ln.startswith("model name")
+        ),
+        "?",
+    )
+    fb, fa = ft.get("before", {}), ft.get("after", {})
+    section = f"""
+## Fine-tuning wiki30k_fwd on TREC-6 questions, CPU ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)
+
+Machine: {cpu}, {os.cpu_count()} cores; python {platform.python_version()}; torch {torch.__version__}; ulmfit commit {commit}.
+Command: `.venv/bin/python bench/finetune_trec.py {" ".join(sys.argv[1:])}`, which runs:
+
+1. `{c_before} --json` ({t_before:.0f} s)
+2. `{c_ft.replace(str(work), "TMP")} --json` ({t_ft:.0f} s)
+3. `{c_after.replace(str(work), "TMP")} --json` ({t_after:.0f} s)
+
+| measured on | vocabulary | model | loss | perplexity | next-token accuracy | tokens |
+|---|---|---|--:|--:|--:|--:|
+| TREC-6 test (500 questions) | wiki30k (30,008) | pretrained wiki30k_fwd | {before["loss"]:.4f} | {before["perplexity"]:.1f} | {before["accuracy"]:.2%} | {before["tokens"]:,} |
+| held-out 10% of TREC-6 train | TREC-6 train ({ft.get("vocab_size", "?")}) | pretrained, remapped | {fb.get("loss", float("nan")):.4f} | {fb.get("perplexity", float("nan")):.1f} | {fb.get("accuracy", float("nan")):.2%} | {fb.get("tokens", 0):,} |
+| held-out 10% of TREC-6 train | TREC-6 train ({ft.get("vocab_size", "?")}) | fine-tuned, {a.epochs} epochs | {fa.get("loss", float("nan")):.4f} | {fa.get("perplexity", float("nan")):.1f} | {fa.get("accuracy", float("nan")):.2%} | {fa.get("tokens", 0):,} |
+| TREC-6 test (500 questions) | TREC-6 train ({ft.get("vocab_size", "?")}) | fine-tuned | {after["loss"]:.4f} | {after["perplexity"]:.1f} | {after["accuracy"]:.2%} | {after["tokens"]:,} |
+
+Perplexities over different vocabularies are not comparable with each other (the TREC-6 vocabulary is
+small and maps more tokens to xxunk: unknown rate {after.get("unk_rate", float("nan")):.1%} on the test questions after, against
+{before.get("unk_rate", float("nan")):.1%} with wiki30k); the before/after pair on the held-out split uses one vocabulary and is the
+like-for-like comparison. Coverage of the target vocabulary by the pretrained one: {ft.get("coverage", ft.get("remap", "?"))}.
+"""
+    print(section)
+    print(json.dumps({"before": before, "finetune": ft, "after": after}), file=sys.stderr)
+    if not a.no_write:
+        with open(REPO / "bench" / "RESULTS.md", "a") as f:
+            f.write(section)
+
+
+if __name__ == "__main__":
+    main()
