@@ -197,33 +197,87 @@ def _print_training(result: dict) -> None:
     for key, label in (("before", "before: "), ("after", "after:  ")):
         if result.get(key):
             _print_metrics(label, result[key])
-    print(f"model written to {result['out']}  (report: {result['report']})")
+    resumed = "  (resumed an unfinished run)" if result.get("resumed") else ""
+    print(f"model written to {result['out']}  (report: {result['report']}){resumed}")
+
+
+def _print_lr_find(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    stage = f" ({result['stage']} stage)" if "stage" in result else ""
+    print(
+        f"suggested learning rate{stage}: {result['suggestion']:.2e} (valley); steepest "
+        f"descent at {result['steep']:.2e}; loss minimum / 10: {result['minimum']:.2e}"
+    )
+    print(f"plot: {result['plot']}")
+
+
+def _lr_find_config(args: argparse.Namespace):
+    from ulmfit.tasks.language_model import LRFindConfig
+
+    if args.resume:
+        raise UserError("--lr-find trains nothing, so there is nothing to --resume; drop one")
+    return LRFindConfig(plot=args.lr_find_plot, stage=getattr(args, "lr_find_stage", "frozen"))
+
+
+def _train(args: argparse.Namespace, run) -> int:
+    """Run a training command; on Ctrl-C say where the resumable state is."""
+    from ulmfit.tasks.language_model import partial_dir
+
+    try:
+        result = run()
+    except KeyboardInterrupt:
+        partial = partial_dir(args.out)
+        if partial.is_dir():  # a fresh run interrupted before its first checkpoint removes it
+            print(
+                f"ulmfit: interrupted; the run so far is kept in {partial}: repeat the command "
+                "with --resume to continue from its last epoch checkpoint",
+                file=sys.stderr,
+            )
+            return 130
+        raise
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_training(result)
+    return 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from ulmfit.tasks.language_model import PretrainConfig, pretrain
+    from ulmfit.tasks.language_model import PretrainConfig, pretrain, pretrain_lr_find
 
     valid = None
     if args.valid:
         valid = _specs(argparse.Namespace(**{**vars(args), "inputs": [args.valid]}))
-    result = pretrain(_specs(args), args.out, _lm_config(args, PretrainConfig), valid=valid)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        _print_training(result)
-    return 0
+    cfg = _lm_config(args, PretrainConfig)
+    if args.lr_find:
+        find = _lr_find_config(args)
+        result = pretrain_lr_find(_specs(args), args.out, cfg, valid=valid, find=find)
+        _print_lr_find(result, args.json)
+        return 0
+    return _train(
+        args, lambda: pretrain(_specs(args), args.out, cfg, valid=valid, resume=args.resume)
+    )
 
 
 def cmd_finetune_lm(args: argparse.Namespace) -> int:
-    from ulmfit.tasks.language_model import FinetuneLMConfig, finetune_lm
+    from ulmfit.tasks.language_model import FinetuneLMConfig, finetune_lm, finetune_lm_lr_find
 
     cfg = _lm_config(args, FinetuneLMConfig)
-    result = finetune_lm(_specs(args), args.pretrained, args.out, cfg, vocab=args.vocab)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        _print_training(result)
-    return 0
+    if args.lr_find:
+        find = _lr_find_config(args)
+        result = finetune_lm_lr_find(
+            _specs(args), args.pretrained, args.out, cfg, vocab=args.vocab, find=find
+        )
+        _print_lr_find(result, args.json)
+        return 0
+    return _train(
+        args,
+        lambda: finetune_lm(
+            _specs(args), args.pretrained, args.out, cfg, vocab=args.vocab, resume=args.resume
+        ),
+    )
 
 
 # Defaults of PretrainConfig / FinetuneLMConfig, repeated here so that --help can show them
@@ -308,6 +362,45 @@ def _add_training_options(p: argparse.ArgumentParser, command: str) -> None:
         action="store_true",
         help="smoke test: every stage on a handful of rows, a few steps per stage",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished run in DIR.partial (after a crash, Ctrl-C or kill): "
+        "finished stages are skipped and the interrupted one continues from its last epoch "
+        "checkpoint on the same schedule, giving the model an uninterrupted run gives; the "
+        "settings and data must be those of the first run. Without DIR.partial: start fresh",
+    )
+    p.add_argument(
+        "--lr-find",
+        action="store_true",
+        help="only run the learning-rate range test (fastai's lr_find) on the model and data "
+        "training would use, print the suggested peak rate (valley rule) and write the plot; "
+        "trains and publishes nothing",
+    )
+    p.add_argument(
+        "--lr-find-plot",
+        type=Path,
+        metavar="FILE.png",
+        help="where --lr-find writes its plot (default: DIR.lr_find.png next to --out DIR)",
+    )
+    if command == "finetune-lm":
+        p.add_argument(
+            "--lr-find-stage",
+            choices=["frozen", "unfrozen"],
+            default="frozen",
+            help="--lr-find for the first stage (frozen: only the last layer group trains; "
+            "pick --frozen-lr) or with every group trainable (pick --lr); default frozen",
+        )
+
+
+_RUN_EPILOG = (
+    "Training runs in DIR.partial next to --out DIR (run.json: the settings; "
+    "train/checkpoint.pt: replaced atomically after every epoch; train/metrics.jsonl, "
+    "steps.jsonl, loss.png: the logs). When it finishes, DIR is published in one rename with "
+    "the logs in DIR/train (no checkpoint: model directories hold no pickle) and DIR.partial "
+    "is removed. If the run is interrupted, repeat the same command with --resume; without "
+    "--resume an existing DIR.partial is an error, never deleted."
+)
 
 
 def _add_lm_commands(sub) -> None:
@@ -332,6 +425,7 @@ def _add_lm_commands(sub) -> None:
         help="train a language model from scratch on a corpus",
         description="Build the vocabulary from CORPUS, hold out documents (or use --valid) "
         "and train an AWD-LSTM language model with one-cycle; writes a model directory.",
+        epilog=_RUN_EPILOG,
     )
     p.add_argument("inputs", nargs="+", metavar="CORPUS")
     p.add_argument("--valid", metavar="FILE", help="validation corpus (default: held-out docs)")
@@ -350,6 +444,7 @@ def _add_lm_commands(sub) -> None:
         description="Vocabulary from DATA (labelled and unlabelled files alike, text only), "
         "pretrained rows remapped onto it, validation perplexity before and after; "
         "freeze + one-cycle, then unfreeze + one-cycle, as fastai does.",
+        epilog=_RUN_EPILOG,
     )
     p.add_argument("inputs", nargs="+", metavar="DATA")
     p.add_argument("--pretrained", required=True, metavar="MODEL", help="model dir or fastai .pth")

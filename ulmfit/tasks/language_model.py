@@ -11,14 +11,33 @@ Text is always numericalized with the *model's* vocabulary (unknown tokens -> xx
 Training uses the engine in :mod:`ulmfit.train`; this module prepares the data (vocabulary,
 held-out split, backward order), the model (vocabulary remap of pretrained weights) and the
 ULMFiT schedule, and writes the model directory with a ``report.json``.
+
+Resumable runs. Training happens in ``DIR.partial`` next to the target ``DIR``: ``run.json``
+(the command, the settings that change the weights, content hashes of the data and of the
+pretrained model), ``before.json`` (fine-tuning: held-out metrics of the untrained model,
+measured once) and ``train/`` (the engine's ``checkpoint.pt``, replaced atomically after every
+epoch, and its logs). With ``resume=True`` a run continues there -- finished stages are skipped
+and the interrupted one continues from its last checkpoint on the same schedule, so the result
+equals an uninterrupted run's -- after checking that ``run.json`` matches (else a UserError
+naming the setting). Without it an existing ``DIR.partial`` is an error, never deleted. On
+success the model directory is published in one rename, with the logs (not the checkpoint, a
+pickle) in ``DIR/train``, and ``DIR.partial`` is removed. ``pretrain_lr_find`` and
+``finetune_lm_lr_find`` run the learning-rate range test on the same model and data instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
+import os
+import shutil
+import sys
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -545,14 +564,6 @@ def _learner(model, train_loader, valid_loader, cfg: LMTrainConfig, log_dir: Pat
     )
 
 
-def _finish_dir(tmp: Path, report: dict) -> None:
-    """Training leftovers that must not ship: the resumable checkpoint is a torch pickle."""
-    from ulmfit.train.learner import CHECKPOINT
-
-    (tmp / TRAIN_LOG_DIR / CHECKPOINT).unlink(missing_ok=True)
-    (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
-
-
 TRAIN_LOG_DIR = "train"  # metrics.jsonl, steps.jsonl, loss.png inside the model directory
 REPORT_FILE = "report.json"
 
@@ -576,35 +587,214 @@ def _result(out: Path, report: dict) -> dict:
         "after": report.get("after"),
         "vocab_remap": report.get("vocab_remap"),
         "training_log": str(out / TRAIN_LOG_DIR / "metrics.jsonl"),
+        "resumed": report.get("resumed", False),
         "seconds": report["seconds"],
     }
 
 
+def _jsonable(cfg) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    return {
+        k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+        for k, v in d.items()
+    }
+
+
+def _say(cfg: LMTrainConfig, msg: str) -> None:
+    if cfg.verbose:
+        print(msg, file=sys.stderr, flush=True)
+
+
 # ----------------------------------------------------------------------------------------
-# Pretraining
+# The training folder DIR.partial: resumable until the model directory is published
+# ----------------------------------------------------------------------------------------
+
+PARTIAL_SUFFIX = ".partial"
+RUN_FILE = "run.json"  # the settings a --resume must repeat
+BEFORE_FILE = "before.json"  # fine-tuning: held-out metrics of the untrained model
+LR_FIND_SUFFIX = ".lr_find.png"
+_RUN_FORMAT = 1
+# Settings that do not change the trained weights; a resumed run may use other values.
+_FREE_SETTINGS = ("workers", "cache_dir", "device", "overwrite", "progress", "verbose")
+_WHAT_DIFFERS = {
+    "format": "it was written by another version of ulmfit",
+    "data": "the training data differ (other files or contents, text columns, or vocabulary "
+    "settings)",
+    "valid": "the --valid corpus differs",
+    "pretrained": "the --pretrained model (or its --vocab) differs",
+}
+
+
+def partial_dir(out_dir: Path | str) -> Path:
+    """``DIR.partial`` next to the target ``DIR``: where a run keeps its run.json, checkpoint
+    and logs until the model directory is published."""
+    p = Path(out_dir)
+    if p.name in ("", ".", ".."):
+        p = Path(os.path.abspath(p))
+    return p.with_name(p.name + PARTIAL_SUFFIX)
+
+
+def lr_find_plot_path(out_dir: Path | str) -> Path:
+    """Default plot of ``--lr-find``: ``DIR.lr_find.png`` next to the target ``DIR``."""
+    p = partial_dir(out_dir)
+    return p.with_name(p.name[: -len(PARTIAL_SUFFIX)] + LR_FIND_SUFFIX)
+
+
+def _run_settings(command: str, cfg: LMTrainConfig) -> dict:
+    config = {k: v for k, v in _jsonable(cfg).items() if k not in _FREE_SETTINGS}
+    return {"format": _RUN_FORMAT, "command": command, "config": config}
+
+
+def _show(v: object) -> str:
+    return "unset" if v is None else json.dumps(v)
+
+
+def _check_same(partial: Path, old: dict, new: dict, keys: Sequence[str]) -> None:
+    """UserError naming the first setting of ``keys`` where ``new`` differs from ``old``."""
+    new = json.loads(json.dumps(new))  # tuples -> lists, as stored
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if key == "config" and isinstance(a, dict) and isinstance(b, dict):
+            k = next(k for k in [*b, *a] if a.get(k) != b.get(k))
+            what = f"--{k.replace('_', '-')} was {_show(a.get(k))} there, now {_show(b.get(k))}"
+        elif key == "command":
+            what = f"it is an unfinished {_show(a)} run, this is {_show(b)}"
+        else:
+            what = _WHAT_DIFFERS.get(key, f"{key} differs")
+        raise UserError(
+            f"cannot resume {partial}: {what}; repeat the original settings with --resume, "
+            f"or remove {partial} to start over"
+        )
+
+
+def _read_run(partial: Path) -> dict:
+    file = partial / RUN_FILE
+    if not partial.is_dir():
+        raise UserError(f"{partial}: exists and is not a folder; remove it to start over")
+    try:
+        run = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(
+            f"{partial}: no {RUN_FILE}, not a ulmfit training folder; remove it to start over"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{file}: cannot read ({e}); remove {partial} to start over") from None
+    if not isinstance(run, dict):
+        raise UserError(f"{file}: expected a JSON object; remove {partial} to start over")
+    return run
+
+
+def _open_partial(
+    out_dir: Path, run: dict, resume: bool, cfg: LMTrainConfig
+) -> tuple[Path, dict | None]:
+    """Before any heavy work: ``(DIR.partial, its run.json)`` to resume, or ``(DIR.partial,
+    None)`` to start fresh. An unfinished run is never discarded silently."""
+    partial = partial_dir(out_dir)
+    exists = partial.exists() or partial.is_symlink()
+    if not resume:
+        if exists:
+            raise UserError(
+                f"{partial}: an unfinished training run for --out {out_dir} is there; pass "
+                "--resume to continue it, or remove that folder to start over"
+            )
+        return partial, None
+    if not exists:
+        _say(cfg, f"--resume: no unfinished run in {partial}; starting fresh")
+        return partial, None
+    previous = _read_run(partial)
+    _check_same(partial, previous, run, ("format", "command", "config"))
+    return partial, previous
+
+
+def _create_partial(partial: Path, run: dict, before: dict | None = None) -> None:
+    """``DIR.partial`` with its run.json (and before.json), created in one rename."""
+    from ulmfit.train.learner import _atomic_write
+
+    try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{partial.parent}: cannot create the folder: {e.strerror}") from None
+    tmp = partial.parent / f".{partial.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        files = {RUN_FILE: run, **({BEFORE_FILE: before} if before is not None else {})}
+        for name, obj in files.items():
+            text = json.dumps(obj, indent=1)
+            _atomic_write(tmp / name, lambda f, text=text: f.write(text), "w")
+        os.rename(tmp, partial)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{partial}: cannot create the training folder: {e}") from None
+
+
+@contextmanager
+def _keep_if_resumable(partial: Path, created: bool) -> Iterator[None]:
+    """A run that fails before its first checkpoint leaves nothing behind (if it created
+    ``DIR.partial``); after that, ``DIR.partial`` stays for ``--resume``."""
+    from ulmfit.train.learner import CHECKPOINT
+
+    try:
+        yield
+    except BaseException:
+        if created and not (partial / TRAIN_LOG_DIR / CHECKPOINT).exists():
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _publish_run(
+    partial: Path,
+    out_dir: Path,
+    overwrite: bool,
+    model: LanguageModel,
+    vocab: list[str],
+    meta: dict,
+    direction: str,
+    report: dict,
+) -> None:
+    """The model directory, with the training logs (not the checkpoint: a torch pickle) and
+    the report, published in one rename; then ``DIR.partial`` is removed."""
+    from ulmfit.models.io import staged_dir, write_model_files
+    from ulmfit.train.learner import LOSS_PLOT, METRICS, STEPS
+
+    with staged_dir(out_dir, overwrite) as tmp:
+        write_model_files(tmp, model, vocab, meta, direction)
+        logs = tmp / TRAIN_LOG_DIR
+        logs.mkdir()
+        for name in (METRICS, STEPS, LOSS_PLOT):
+            src = partial / TRAIN_LOG_DIR / name
+            if src.is_file():
+                shutil.copyfile(src, logs / name)
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Model and data as training uses them (shared by training and --lr-find)
 # ----------------------------------------------------------------------------------------
 
 
-def pretrain(
-    specs: list,
-    out_dir: Path | str,
-    cfg: PretrainConfig | None = None,
-    *,
-    valid: list | None = None,
-) -> dict:
-    """Train an AWD-LSTM language model from scratch on the corpus ``specs`` and save it in
-    ``out_dir``. Vocabulary from the corpus (max_vocab, min_freq); validation on ``valid``
-    (read with the model's vocabulary) or on ``valid_pct`` of the documents held out.
-    ``cfg.backwards`` reverses each document (a backward model, direction "bwd")."""
+@dataclass
+class _Setup:
+    model: LanguageModel
+    vocab: list[str]
+    train_loader: object
+    valid_loader: object | None
+    valid_docs: list[np.ndarray]
+    direction: str
+    keys: dict  # what a resumed run must match besides the settings (content hashes)
+    report: dict  # report.json's description of the data and model
+
+
+def _pretrain_setup(specs: list, cfg: PretrainConfig, valid: list | None) -> _Setup:
     import tempfile
 
+    from ulmfit.data.sources import file_fingerprint
     from ulmfit.models.awd_lstm import AWDLSTMConfig
-    from ulmfit.models.io import check_target, staged_dir, write_model_files
 
-    cfg = cfg or PretrainConfig()
-    _check_config(cfg)
-    t0 = time.perf_counter()
-    out_dir = check_target(Path(out_dir), cfg.overwrite)
     specs, folder_valid = corpus_folder(specs)
     valid = valid if valid is not None else folder_valid
     device = _device_of(cfg)
@@ -615,10 +805,12 @@ def pretrain(
                 valid = head_specs(valid, DRY_RUN_ROWS, Path(scratch) / "v")
         data = _prepare(specs, cfg)
         vocab = data.vocab
+        valid_keys = None
         if valid is not None:
             vcorpus = read_token_corpus(
                 valid, workers=cfg.workers, cache_dir=cfg.cache_dir, progress=cfg.progress
             )
+            valid_keys = [file_fingerprint(s) for s in valid]
             train_idx = np.arange(len(data))
             valid_docs, _ = model_docs(vcorpus, vocab, backwards=cfg.backwards)
         else:
@@ -636,78 +828,50 @@ def pretrain(
     model = LanguageModel(len(vocab), arch.scaled(cfg.drop_mult)).to(device)
     train_loader = _lm_loader(train_ids, train_off, cfg, train=True)
     valid_loader = _lm_loader(*_stream(valid_docs), cfg, train=False) if valid_docs else None
-    direction = "bwd" if cfg.backwards else "fwd"
-    with staged_dir(out_dir, cfg.overwrite) as tmp:
-        learn = _learner(model, train_loader, valid_loader, cfg, tmp / TRAIN_LOG_DIR)
-        epochs = 1 if cfg.dry_run else cfg.epochs
-        learn.fit_one_cycle(epochs, cfg.lr, moms=tuple(cfg.moms), wd=cfg.wd)
-        after = lm_eval(model, vocab, valid_docs) if valid_docs else None
-        report = {
-            "task": "pretrain",
-            "direction": direction,
-            "corpus": _corpus_summary(data),
-            "split": {
-                "train_docs": int(len(train_idx)),
-                "valid_docs": len(valid_docs),
-                "valid": [str(s.path) for s in valid] if valid is not None else None,
-                "valid_pct": None if valid is not None else cfg.valid_pct,
-                "seed": cfg.seed,
-            },
-            "config": _jsonable(cfg),
-            "after": after,
-            "history": learn.history,
-            "training_log": f"{TRAIN_LOG_DIR}/metrics.jsonl",
-            "dry_run": cfg.dry_run,
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        meta = {"trained": "pretrain", "config": _jsonable(cfg), "valid": after}
-        write_model_files(tmp, model, vocab, meta, direction)
-        _finish_dir(tmp, report)
-    return _result(out_dir, report)
-
-
-def _jsonable(cfg) -> dict:
-    from dataclasses import asdict
-
-    d = asdict(cfg)
-    return {
-        k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-        for k, v in d.items()
+    report = {
+        "corpus": _corpus_summary(data),
+        "split": {
+            "train_docs": int(len(train_idx)),
+            "valid_docs": len(valid_docs),
+            "valid": [str(s.path) for s in valid] if valid is not None else None,
+            "valid_pct": None if valid is not None else cfg.valid_pct,
+            "seed": cfg.seed,
+        },
     }
+    return _Setup(
+        model=model,
+        vocab=vocab,
+        train_loader=train_loader,
+        valid_loader=valid_loader,
+        valid_docs=valid_docs,
+        direction="bwd" if cfg.backwards else "fwd",
+        keys={"data": data.path.name, "valid": valid_keys},
+        report=report,
+    )
 
 
-# ----------------------------------------------------------------------------------------
-# Fine-tuning (ULMFiT stage 2)
-# ----------------------------------------------------------------------------------------
+def _load_pretrained(pretrained: str | Path, vocab: str | Path | None, cfg: FinetuneLMConfig):
+    """``(model, vocab, source info, content hash)`` of the pretrained language model."""
+    from ulmfit.cache import file_sha256
+    from ulmfit.models.io import MODEL_FILE, load_lm
+
+    base, old_vocab, source = load_lm(pretrained, vocab, drop_mult=cfg.drop_mult)
+    path = Path(source["path"])
+    weights = path / MODEL_FILE if source["kind"] == "model_dir" else path
+    h = hashlib.sha256()
+    for f in (weights, Path(source["vocab"])):
+        h.update(file_sha256(f).encode())
+    return base, old_vocab, source, h.hexdigest()
 
 
-def finetune_lm(
-    specs: list,
-    pretrained: str | Path,
-    out_dir: Path | str,
-    cfg: FinetuneLMConfig | None = None,
-    *,
-    vocab: str | Path | None = None,
-) -> dict:
-    """Fine-tune the language model ``pretrained`` (a model directory, or a fastai ``.pth``
-    with ``vocab``) on the texts of ``specs`` and save it in ``out_dir`` with a report.
-
-    The target vocabulary is built from the target texts; pretrained rows are copied for the
-    tokens both share and new tokens start at the mean row. ``valid_pct`` of the documents
-    are held out (seeded) and evaluated document by document before and after training."""
+def _finetune_setup(specs: list, loaded: tuple, cfg: FinetuneLMConfig) -> _Setup:
     import tempfile
 
-    from ulmfit.models.io import check_target, load_lm, staged_dir, stored_state, write_model_files
+    from ulmfit.models.io import stored_state
     from ulmfit.models.pretrained import remap_vocab, with_aliases
 
-    cfg = cfg or FinetuneLMConfig()
-    _check_config(cfg)
-    if cfg.valid_pct <= 0:
-        raise UserError("fine-tuning reports held-out perplexity: valid_pct must be above 0")
-    t0 = time.perf_counter()
-    out_dir = check_target(Path(out_dir), cfg.overwrite)
+    base, old_vocab, source, digest = loaded
     device = _device_of(cfg)
-    base, old_vocab, source = load_lm(pretrained, vocab, drop_mult=cfg.drop_mult)
     backwards = source["direction"] == "bwd"
     with tempfile.TemporaryDirectory(prefix="ulmfit-dry-") as scratch:
         if cfg.dry_run:
@@ -726,55 +890,261 @@ def finetune_lm(
     state, remap = remap_vocab(stored_state(base), old_vocab, new_vocab, counts)
     model = LanguageModel(len(new_vocab), base.cfg)
     model.load_state_dict(with_aliases(state), strict=True)
-    del base
     model.to(device)
-    before = lm_eval(model, new_vocab, valid_docs)
+    report = {
+        "pretrained": source,
+        "data": _corpus_summary(data),
+        "vocab_remap": {
+            "target_size": remap.target_size,
+            "found": remap.found,
+            "coverage": remap.coverage,
+            "token_coverage": remap.token_coverage,
+            "summary": remap.summary(),
+        },
+        "split": {
+            "train_docs": int(len(train_idx)),
+            "valid_docs": int(len(valid_idx)),
+            "valid_pct": cfg.valid_pct,
+            "seed": cfg.seed,
+        },
+    }
+    return _Setup(
+        model=model,
+        vocab=new_vocab,
+        train_loader=_lm_loader(train_ids, train_off, cfg, train=True),
+        valid_loader=_lm_loader(valid_ids, valid_off, cfg, train=False),
+        valid_docs=valid_docs,
+        direction=source["direction"],
+        keys={"pretrained": digest, "data": data.path.name},
+        report=report,
+    )
 
-    train_loader = _lm_loader(train_ids, train_off, cfg, train=True)
-    valid_loader = _lm_loader(valid_ids, valid_off, cfg, train=False)
-    with staged_dir(out_dir, cfg.overwrite) as tmp:
-        learn = _learner(model, train_loader, valid_loader, cfg, tmp / TRAIN_LOG_DIR)
-        moms = tuple(cfg.moms)
+
+def _check_finetune(cfg: FinetuneLMConfig) -> None:
+    _check_config(cfg)
+    if cfg.valid_pct <= 0:
+        raise UserError("fine-tuning reports held-out perplexity: valid_pct must be above 0")
+
+
+# ----------------------------------------------------------------------------------------
+# Pretraining
+# ----------------------------------------------------------------------------------------
+
+
+def pretrain(
+    specs: list,
+    out_dir: Path | str,
+    cfg: PretrainConfig | None = None,
+    *,
+    valid: list | None = None,
+    resume: bool = False,
+) -> dict:
+    """Train an AWD-LSTM language model from scratch on the corpus ``specs`` and save it in
+    ``out_dir``. Vocabulary from the corpus (max_vocab, min_freq); validation on ``valid``
+    (read with the model's vocabulary) or on ``valid_pct`` of the documents held out.
+    ``cfg.backwards`` reverses each document (a backward model, direction "bwd").
+
+    Training runs in ``DIR.partial`` (see :func:`partial_dir`) with a checkpoint per epoch;
+    ``resume`` continues an unfinished run there (same settings and data, else UserError)."""
+    from ulmfit.models.io import check_target
+
+    cfg = cfg or PretrainConfig()
+    _check_config(cfg)
+    t0 = time.perf_counter()
+    out_dir = check_target(Path(out_dir), cfg.overwrite)
+    run = _run_settings("pretrain", cfg)
+    partial, previous = _open_partial(out_dir, run, resume, cfg)
+    s = _pretrain_setup(specs, cfg, valid)
+    run.update(s.keys)
+    if previous is not None:
+        _check_same(partial, previous, run, ("data", "valid"))
+        _say(cfg, f"--resume: continuing the unfinished run in {partial}")
+    else:
+        _create_partial(partial, run)
+    with _keep_if_resumable(partial, created=previous is None):
+        learn = _learner(s.model, s.train_loader, s.valid_loader, cfg, partial / TRAIN_LOG_DIR)
+        epochs = 1 if cfg.dry_run else cfg.epochs
+        learn.fit_one_cycle(
+            epochs, cfg.lr, moms=tuple(cfg.moms), wd=cfg.wd, resume=previous is not None
+        )
+        after = lm_eval(s.model, s.vocab, s.valid_docs) if s.valid_docs else None
+        report = {
+            "task": "pretrain",
+            "direction": s.direction,
+            **s.report,
+            "config": _jsonable(cfg),
+            "after": after,
+            "history": learn.history,
+            "training_log": f"{TRAIN_LOG_DIR}/metrics.jsonl",
+            "dry_run": cfg.dry_run,
+            "resumed": previous is not None,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        meta = {"trained": "pretrain", "config": _jsonable(cfg), "valid": after}
+        _publish_run(partial, out_dir, cfg.overwrite, s.model, s.vocab, meta, s.direction, report)
+    return _result(out_dir, report)
+
+
+# ----------------------------------------------------------------------------------------
+# Fine-tuning (ULMFiT stage 2)
+# ----------------------------------------------------------------------------------------
+
+
+def finetune_lm(
+    specs: list,
+    pretrained: str | Path,
+    out_dir: Path | str,
+    cfg: FinetuneLMConfig | None = None,
+    *,
+    vocab: str | Path | None = None,
+    resume: bool = False,
+) -> dict:
+    """Fine-tune the language model ``pretrained`` (a model directory, or a fastai ``.pth``
+    with ``vocab``) on the texts of ``specs`` and save it in ``out_dir`` with a report.
+
+    The target vocabulary is built from the target texts; pretrained rows are copied for the
+    tokens both share and new tokens start at the mean row. ``valid_pct`` of the documents
+    are held out (seeded) and evaluated document by document before and after training.
+
+    Training runs in ``DIR.partial`` with a checkpoint per epoch; ``resume`` continues an
+    unfinished run there: the finished stage is skipped, the interrupted one continues from its
+    last checkpoint, and the "before" metrics are the ones measured when the run started."""
+    from ulmfit.models.io import check_target
+
+    cfg = cfg or FinetuneLMConfig()
+    _check_finetune(cfg)
+    t0 = time.perf_counter()
+    out_dir = check_target(Path(out_dir), cfg.overwrite)
+    run = _run_settings("finetune_lm", cfg)
+    partial, previous = _open_partial(out_dir, run, resume, cfg)
+    loaded = _load_pretrained(pretrained, vocab, cfg)
+    run["pretrained"] = loaded[3]
+    if previous is not None:
+        _check_same(partial, previous, run, ("pretrained",))
+    s = _finetune_setup(specs, loaded, cfg)
+    del loaded
+    run.update(s.keys)
+    before = None
+    if previous is not None:
+        _check_same(partial, previous, run, ("data",))
+        with contextlib.suppress(OSError, ValueError):
+            before = json.loads((partial / BEFORE_FILE).read_text(encoding="utf-8"))
+    if before is None:  # a fresh run (or a before.json removed by hand)
+        before = lm_eval(s.model, s.vocab, s.valid_docs)
+    if previous is None:
+        _create_partial(partial, run, before)
+    else:
+        _say(cfg, f"--resume: continuing the unfinished run in {partial}")
+    with _keep_if_resumable(partial, created=previous is None):
+        learn = _learner(s.model, s.train_loader, s.valid_loader, cfg, partial / TRAIN_LOG_DIR)
+        moms, again = tuple(cfg.moms), previous is not None
         frozen_epochs = min(cfg.frozen_epochs, 1) if cfg.dry_run else cfg.frozen_epochs
         if frozen_epochs:
             learn.freeze()
-            learn.fit_one_cycle(frozen_epochs, cfg.frozen_lr, moms=moms, wd=cfg.wd)
+            learn.fit_one_cycle(frozen_epochs, cfg.frozen_lr, moms=moms, wd=cfg.wd, resume=again)
         learn.unfreeze()
-        learn.fit_one_cycle(1 if cfg.dry_run else cfg.epochs, cfg.lr, moms=moms, wd=cfg.wd)
-        after = lm_eval(model, new_vocab, valid_docs)
+        epochs = 1 if cfg.dry_run else cfg.epochs
+        learn.fit_one_cycle(epochs, cfg.lr, moms=moms, wd=cfg.wd, resume=again)
+        after = lm_eval(s.model, s.vocab, s.valid_docs)
         report = {
             "task": "finetune_lm",
-            "pretrained": source,
-            "direction": source["direction"],
-            "data": _corpus_summary(data),
-            "vocab_remap": {
-                "target_size": remap.target_size,
-                "found": remap.found,
-                "coverage": remap.coverage,
-                "token_coverage": remap.token_coverage,
-                "summary": remap.summary(),
-            },
-            "split": {
-                "train_docs": int(len(train_idx)),
-                "valid_docs": int(len(valid_idx)),
-                "valid_pct": cfg.valid_pct,
-                "seed": cfg.seed,
-            },
+            "direction": s.direction,
+            **s.report,
             "config": _jsonable(cfg),
             "before": before,
             "after": after,
             "history": learn.history,
             "training_log": f"{TRAIN_LOG_DIR}/metrics.jsonl",
             "dry_run": cfg.dry_run,
+            "resumed": previous is not None,
             "seconds": round(time.perf_counter() - t0, 3),
         }
         meta = {
             "trained": "finetune_lm",
-            "pretrained": source["path"],
+            "pretrained": s.report["pretrained"]["path"],
             "config": _jsonable(cfg),
             "valid_before": before,
             "valid_after": after,
         }
-        write_model_files(tmp, model, new_vocab, meta, source["direction"])
-        _finish_dir(tmp, report)
+        _publish_run(partial, out_dir, cfg.overwrite, s.model, s.vocab, meta, s.direction, report)
     return _result(out_dir, report)
+
+
+# ----------------------------------------------------------------------------------------
+# Learning-rate range test on the model and data training would use
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class LRFindConfig:
+    """``--lr-find``: fastai's range test (rate from ``start_lr`` to ``end_lr`` over ``num_it``
+    steps). ``plot``: where the PNG goes (None: ``DIR.lr_find.png`` next to ``--out``).
+    ``stage`` (fine-tuning only): ``"frozen"`` tests the first stage (only the last layer group
+    trains), ``"unfrozen"`` all groups, both on the remapped pretrained weights."""
+
+    plot: Path | None = None
+    stage: str = "frozen"
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    num_it: int = 100
+
+
+def _lr_find(s: _Setup, cfg: LMTrainConfig, find: LRFindConfig, plot: Path, freeze: bool) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ulmfit-lr-find-") as logs:
+        learn = _learner(s.model, s.train_loader, None, cfg, Path(logs))
+        if freeze:
+            learn.freeze()
+        res = learn.lr_find(
+            start_lr=find.start_lr, end_lr=find.end_lr, num_it=find.num_it, plot=plot
+        )
+    return {
+        "suggestion": res.suggestion,
+        "steep": res.steep,
+        "minimum": res.minimum,
+        "plot": str(res.plot),
+        "points": len(res.lrs),
+    }
+
+
+def pretrain_lr_find(
+    specs: list,
+    out_dir: Path | str,
+    cfg: PretrainConfig | None = None,
+    *,
+    valid: list | None = None,
+    find: LRFindConfig | None = None,
+) -> dict:
+    """The learning-rate range test on the freshly initialised model and the training split
+    :func:`pretrain` would use; writes the plot only (nothing in ``out_dir`` or
+    ``DIR.partial``). Returns ``suggestion`` (valley rule), ``steep``, ``minimum`` (the
+    minimum's rate / 10), ``plot`` and ``points``."""
+    cfg = cfg or PretrainConfig()
+    find = find or LRFindConfig()
+    _check_config(cfg)
+    plot = Path(find.plot) if find.plot is not None else lr_find_plot_path(out_dir)
+    s = _pretrain_setup(specs, cfg, valid)
+    return _lr_find(s, cfg, find, plot, freeze=False)
+
+
+def finetune_lm_lr_find(
+    specs: list,
+    pretrained: str | Path,
+    out_dir: Path | str,
+    cfg: FinetuneLMConfig | None = None,
+    *,
+    vocab: str | Path | None = None,
+    find: LRFindConfig | None = None,
+) -> dict:
+    """The range test on the remapped pretrained model and the training split
+    :func:`finetune_lm` would use, frozen as its first stage (``find.stage == "frozen"``) or
+    not; writes the plot only. Returns as :func:`pretrain_lr_find`, plus ``stage``."""
+    cfg = cfg or FinetuneLMConfig()
+    find = find or LRFindConfig()
+    _check_finetune(cfg)
+    if find.stage not in ("frozen", "unfrozen"):
+        raise UserError(f"lr_find stage must be frozen or unfrozen, got {find.stage!r}")
+    plot = Path(find.plot) if find.plot is not None else lr_find_plot_path(out_dir)
+    s = _finetune_setup(specs, _load_pretrained(pretrained, vocab, cfg), cfg)
+    return {**_lr_find(s, cfg, find, plot, freeze=find.stage == "frozen"), "stage": find.stage}
