@@ -10,17 +10,23 @@ on the test questions. Appends a section to bench/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
-from datetime import datetime, timezone
-from pathlib import Path
+
+# bench/ holds tokenize.py (named by the issue), which would shadow the standard library's
+# tokenize module: take this folder off the import path.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -37,6 +37,7 @@ sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
@@ -64,7 +65,7 @@ def _ids(n_tokens: int) -> list[int]:
     return out[:n_tokens]
 
 
-# --- contenders (each runs in a subprocess: `python lm_train_cpu.py _run NAME ...`) -----------
+# --- contenders (each runs in a subprocess: `python lm_train.py _run NAME ...`) ---------------
 
 
 DEVICE = "cpu"
@@ -270,12 +271,25 @@ def _machine(device: str) -> str:
     return desc
 
 
+def _run_one(a, name: str, bs: int, ids_file: Path) -> float:
+    py = a.fastai_python if name == "fastai" else sys.executable
+    cmd = [py, __file__, "_run", name, str(ids_file), "--bs", str(bs), "--bptt", str(a.bptt),
+           "--warm", str(a.warm), "--timed", str(a.batches), "--threads", str(a.threads),
+           "--device", a.device]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(a.threads)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{name} bs {bs} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["tokens_per_s"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bs", type=int, nargs="+", default=[32, 64])
     p.add_argument("--bptt", type=int, default=70)
     p.add_argument("--warm", type=int, default=2, help="untimed batches first")
-    p.add_argument("--batches", type=int, default=12, help="timed batches per contender")
+    p.add_argument("--batches", type=int, default=8, help="timed batches per contender and run")
+    p.add_argument("--repeat", type=int, default=3, help="runs per contender (median reported)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--contenders", default="ours,fastai,plain")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (mixed precision)")
@@ -294,47 +308,30 @@ def main() -> None:
         return
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"ulmfit-lm-bench-{os.getpid()}.json"
     tmp.write_text(a.ids.read_text() if a.ids else json.dumps(_ids(need)))
-    rows = []
+    runs: dict[tuple[int, str], list[float]] = {}
     try:
-        for bs in a.bs:
-            for name in names:
-                py = a.fastai_python if name == "fastai" else sys.executable
-                cmd = [
-                    py,
-                    __file__,
-                    "_run",
-                    name,
-                    str(tmp),
-                    "--bs",
-                    str(bs),
-                    "--bptt",
-                    str(a.bptt),
-                    "--warm",
-                    str(a.warm),
-                    "--timed",
-                    str(a.batches),
-                    "--threads",
-                    str(a.threads),
-                ]
-                env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(a.threads)}
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if out.returncode != 0:
-                    raise SystemExit(f"{name} bs {bs} failed:\n{out.stderr[-3000:]}")
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                rows.append({"bs": bs, "name": name, **r})
-                print(f"bs {bs:3d} {name:7s} {r['tokens_per_s']:9.0f} tokens/s", file=sys.stderr)
+        for rep in range(a.repeat):  # contenders interleaved, so drifts in load hit all alike
+            for bs in a.bs:
+                for name in names:
+                    tps = _run_one(a, name, bs, tmp)
+                    runs.setdefault((bs, name), []).append(tps)
+                    print(
+                        f"run {rep + 1} bs {bs:3d} {name:7s} {tps:9.0f} tokens/s", file=sys.stderr
+                    )
     finally:
         tmp.unlink(missing_ok=True)
+    med = {k: statistics.median(v) for k, v in runs.items()}
     table = [
-        "| bs | contender | tokens/s | vs fastai | vs plain PyTorch |",
-        "|---|---|--:|--:|--:|",
+        "| bs | contender | tokens/s (median) | runs | vs fastai | vs plain PyTorch |",
+        "|---|---|--:|---|--:|--:|",
     ]
     for bs in a.bs:
-        by = {r["name"]: r["tokens_per_s"] for r in rows if r["bs"] == bs}
         for name in names:
-            vf = f"{by[name] / by['fastai']:.2f}x" if "fastai" in by else "–"
-            vp = f"{by[name] / by['plain']:.2f}x" if "plain" in by else "–"
-            table.append(f"| {bs} | {name} | {by[name]:,.0f} | {vf} | {vp} |")
+            m = med[(bs, name)]
+            vf = f"{m / med[(bs, 'fastai')]:.2f}x" if (bs, "fastai") in med else "–"
+            vp = f"{m / med[(bs, 'plain')]:.2f}x" if (bs, "plain") in med else "–"
+            each = ", ".join(f"{v:,.0f}" for v in runs[(bs, name)])
+            table.append(f"| {bs} | {name} | {m:,.0f} | {each} | {vf} | {vp} |")
     commit = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
@@ -345,17 +342,20 @@ def main() -> None:
     ).stdout.strip()
     import torch
 
+    where = f"{a.threads} CPU threads" if a.device == "cpu" else f"{a.device}, mixed precision"
     section = "\n".join(
         [
-            f"\n## Language-model training throughput on the CPU ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
-            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__} "
-            f"limited to {a.threads} threads; python {platform.python_version()}; ulmfit commit {commit}"
+            f"\n## Language-model training throughput, {where} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
+            f"Machine: {_machine(a.device)}; torch {torch.__version__}; python {platform.python_version()}; "
+            f"ulmfit commit {commit}"
             + (" (with uncommitted changes)" if dirty else "")
             + "; fastai 2.8.12 in bench/.venv-fastai.",
-            f"Command: `.venv/bin/python bench/lm_train_cpu.py {' '.join(sys.argv[1:])}`".rstrip()
-            + "",
-            f"Model: vocab 30,008, emb 400, hidden 1152, 3 layers; bptt {a.bptt}; {a.warm} warm-up batches, "
-            f"then {a.batches} timed batches per contender, contenders one after another in one run.\n",
+            f"Command: `.venv/bin/python bench/lm_train.py {' '.join(sys.argv[1:])}`".replace(
+                " `", "`"
+            ),
+            f"Model: vocab 30,008, emb 400, hidden 1152, 3 layers, fastai's LM dropouts; bptt {a.bptt}; "
+            f"{a.warm} warm-up batches, then {a.batches} timed batches per contender and run; "
+            f"{a.repeat} runs, contenders interleaved, median reported.\n",
             *table,
             "",
         ]
