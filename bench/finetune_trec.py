@@ -97,7 +97,7 @@ def main() -> None:
 ## Fine-tuning wiki30k_fwd on TREC-6 questions, CPU ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)
 
 Machine: {cpu}, {os.cpu_count()} cores; python {platform.python_version()}; torch {torch.__version__}; ulmfit commit {commit}.
-Command: `.venv/bin/python bench/finetune_trec.py {" ".join(sys.argv[1:])}`, which runs:
+Command: `{" ".join([".venv/bin/python bench/finetune_trec.py", *sys.argv[1:]])}`, which runs:
 
 1. `{c_before} --json` ({t_before:.0f} s)
 2. `{c_ft.replace(str(work), "TMP")} --json` ({t_ft:.0f} s)
@@ -106,14 +106,14 @@ Command: `.venv/bin/python bench/finetune_trec.py {" ".join(sys.argv[1:])}`, whi
 | measured on | vocabulary | model | loss | perplexity | next-token accuracy | tokens |
 |---|---|---|--:|--:|--:|--:|
 | TREC-6 test (500 questions) | wiki30k (30,008) | pretrained wiki30k_fwd | {before["loss"]:.4f} | {before["perplexity"]:.1f} | {before["accuracy"]:.2%} | {before["tokens"]:,} |
-| held-out 10% of TREC-6 train | TREC-6 train ({ft.get("vocab_size", "?")}) | pretrained, remapped | {fb.get("loss", float("nan")):.4f} | {fb.get("perplexity", float("nan")):.1f} | {fb.get("accuracy", float("nan")):.2%} | {fb.get("tokens", 0):,} |
-| held-out 10% of TREC-6 train | TREC-6 train ({ft.get("vocab_size", "?")}) | fine-tuned, {a.epochs} epochs | {fa.get("loss", float("nan")):.4f} | {fa.get("perplexity", float("nan")):.1f} | {fa.get("accuracy", float("nan")):.2%} | {fa.get("tokens", 0):,} |
-| TREC-6 test (500 questions) | TREC-6 train ({ft.get("vocab_size", "?")}) | fine-tuned | {after["loss"]:.4f} | {after["perplexity"]:.1f} | {after["accuracy"]:.2%} | {after["tokens"]:,} |
+| held-out 10% of TREC-6 train | TREC-6 train ({ft["vocab_remap"]["target_size"]:,}) | pretrained, remapped | {fb.get("loss", float("nan")):.4f} | {fb.get("perplexity", float("nan")):.1f} | {fb.get("accuracy", float("nan")):.2%} | {fb.get("tokens", 0):,} |
+| held-out 10% of TREC-6 train | TREC-6 train ({ft["vocab_remap"]["target_size"]:,}) | fine-tuned, {a.epochs} epochs | {fa.get("loss", float("nan")):.4f} | {fa.get("perplexity", float("nan")):.1f} | {fa.get("accuracy", float("nan")):.2%} | {fa.get("tokens", 0):,} |
+| TREC-6 test (500 questions) | TREC-6 train ({ft["vocab_remap"]["target_size"]:,}) | fine-tuned | {after["loss"]:.4f} | {after["perplexity"]:.1f} | {after["accuracy"]:.2%} | {after["tokens"]:,} |
 
 Perplexities over different vocabularies are not comparable with each other (the TREC-6 vocabulary is
 small and maps more tokens to xxunk: unknown rate {after.get("unk_rate", float("nan")):.1%} on the test questions after, against
 {before.get("unk_rate", float("nan")):.1%} with wiki30k); the before/after pair on the held-out split uses one vocabulary and is the
-like-for-like comparison. Coverage of the target vocabulary by the pretrained one: {ft.get("coverage", ft.get("remap", "?"))}.
+like-for-like comparison. Coverage of the target vocabulary by the pretrained one: {ft["vocab_remap"]["summary"]}.
 """
     print(section)
     print(json.dumps({"before": before, "finetune": ft, "after": after}), file=sys.stderr)

@@ -350,9 +350,7 @@ def main() -> None:
             f"ulmfit commit {commit}"
             + (" (with uncommitted changes)" if dirty else "")
             + "; fastai 2.8.12 in bench/.venv-fastai.",
-            f"Command: `.venv/bin/python bench/lm_train.py {' '.join(sys.argv[1:])}`".replace(
-                " `", "`"
-            ),
+            "Command: `" + " ".join([".venv/bin/python bench/lm_train.py", *sys.argv[1:]]) + "`",
             f"Model: vocab 30,008, emb 400, hidden 1152, 3 layers, fastai's LM dropouts; bptt {a.bptt}; "
             f"{a.warm} warm-up batches, then {a.batches} timed batches per contender and run; "
             f"{a.repeat} runs, contenders interleaved, median reported.\n",
