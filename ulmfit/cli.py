@@ -523,6 +523,151 @@ def _add_baseline_command(sub) -> None:
     p.set_defaults(func=cmd_baseline)
 
 
+# ---------------------------------------------------------------------------------------------
+# Classifiers: fit (the whole ULMFiT chain) and evaluate
+
+
+def _label_spec(args: argparse.Namespace, path: str):
+    from ulmfit.data.sources import SourceSpec
+
+    return SourceSpec(
+        path=_input_path(path),
+        text_cols=args.text_col,
+        label_cols=args.label_col or ["label"],
+        fmt=args.format,
+        encoding=args.encoding,
+    )
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from ulmfit.tasks.classifier import ClassifierConfig, fit
+
+    if args.valid and args.valid_pct is not None:
+        raise UserError("give --valid or --valid-pct, not both")
+    given = {
+        k: getattr(args, k)
+        for k in ("lr", "epochs", "bs", "drop_mult", "seed", "device", "workers", "cache_dir")
+        if getattr(args, k) is not None
+    }
+    if args.valid_pct is not None:
+        given["valid_pct"] = args.valid_pct
+    cfg = ClassifierConfig(**given, dry_run=args.dry_run, progress=False if args.json else None)
+    lm_cfg = None
+    if args.lm_epochs is not None:
+        from ulmfit.tasks.language_model import FinetuneLMConfig
+
+        lm_cfg = FinetuneLMConfig(
+            epochs=args.lm_epochs,
+            device=cfg.device,
+            dry_run=cfg.dry_run,
+            progress=cfg.progress,
+            workers=cfg.workers,
+            cache_dir=cfg.cache_dir,
+            seed=cfg.seed,
+        )
+    result = fit(
+        _label_spec(args, args.train),
+        args.pretrained,
+        args.out,
+        vocab=args.vocab,
+        valid_spec=_label_spec(args, args.valid) if args.valid else None,
+        test_spec=_label_spec(args, args.test) if args.test else None,
+        cfg=cfg,
+        lm_cfg=lm_cfg,
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    v = result["classifier"]["valid"]
+    print(f"language model: {result['lm']['out']}")
+    print(
+        f"classifier: {result['classifier']['model']}  (report: {result['classifier']['report']})"
+    )
+    print(f"validation: accuracy {v['accuracy']:.4f}, macro F1 {v['macro_f1']:.4f} (n={v['n']})")
+    if "test" in result:
+        t = result["test"]
+        print(f"test accuracy: {t['accuracy']:.4f}  (macro F1 {t['macro_f1']:.4f}, n={t['n']})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ulmfit.tasks.classifier import evaluate
+
+    res = evaluate(args.run, _label_spec(args, args.test), bs=args.bs, device=args.device)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(
+        f"{res['path']}: n={res['n']}, accuracy {res['accuracy']:.4f}, error rate "
+        f"{res['error_rate']:.4f}, macro F1 {res['macro_f1']:.4f}"
+    )
+    print(f"  {'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
+    for c, m in res["per_class"].items():
+        print(
+            f"  {c:<20} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} "
+            f"{m['support']:>8}"
+        )
+    return 0
+
+
+def _add_classifier_input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-col", action="append", metavar="COL", help="text column (default text)")
+    p.add_argument(
+        "--label-col", action="append", metavar="COL", help="label column (default label)"
+    )
+    p.add_argument(
+        "--format",
+        choices=["csv", "tsv", "jsonl", "parquet", "folder"],
+        help="input format of every file (default: from the file names)",
+    )
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the input (default utf-8)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_classifier_commands(sub) -> None:
+    p = sub.add_parser(
+        "fit",
+        help="the whole ULMFiT chain: fine-tune the LM on the texts, then train a classifier",
+        description="Fine-tune --pretrained on the texts of --train (and --valid) into RUN/lm, "
+        "train a single-label classifier from it with gradual unfreezing (fastai's IMDb recipe) "
+        "into RUN/model (safetensors + vocab.json + config.json) with metrics in RUN/report, "
+        "then evaluate on --test if given.",
+    )
+    p.add_argument("--train", required=True, metavar="FILE", help="labelled training file")
+    p.add_argument("--valid", metavar="FILE", help="labelled validation file")
+    p.add_argument("--valid-pct", type=float, help="share of training rows held out (default 0.1)")
+    p.add_argument("--test", metavar="FILE", help="labelled test file, evaluated at the end")
+    p.add_argument("--pretrained", required=True, metavar="MODEL", help="model dir or fastai .pth")
+    p.add_argument("--vocab", metavar="ITOS.pkl", help="vocabulary of a fastai .pth")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder")
+    p.add_argument("--epochs", type=int, help="classifier epochs after unfreezing (default 2)")
+    p.add_argument("--lm-epochs", type=int, help="LM fine-tuning epochs, unfrozen (default 10)")
+    p.add_argument("--lr", type=float, help="classifier peak rate of the first stage (2e-2)")
+    p.add_argument("--bs", type=int, help="classifier batch size (default 64)")
+    p.add_argument("--drop-mult", type=float, help="classifier dropout scale (default 0.5)")
+    p.add_argument("--seed", type=int, help="seed (default 42)")
+    p.add_argument("--workers", type=int, default=0, help="tokenizer processes (0: all cores)")
+    p.add_argument("--cache-dir", type=Path, help="cache folder")
+    p.add_argument(
+        "--dry-run", action="store_true", help="smoke test: a few rows, a few steps per stage"
+    )
+    _add_classifier_input_options(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy, macro F1, per-class metrics and confusion of a classifier on a test file",
+        description="RUN: a run folder of 'ulmfit fit' (or its model directory). Test labels "
+        "must be classes seen in training. --json adds the predictions in input order.",
+    )
+    p.add_argument("run", type=Path, metavar="RUN")
+    p.add_argument("test", metavar="TEST_FILE")
+    p.add_argument("--bs", type=int, default=64, help="documents per batch (default 64)")
+    _add_classifier_input_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ulmfit",
@@ -558,6 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tokenize)
     _add_lm_commands(sub)
     _add_baseline_command(sub)
+    _add_classifier_commands(sub)
     return parser
 
 

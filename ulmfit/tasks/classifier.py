@@ -1,0 +1,668 @@
+"""Text classifiers: ULMFiT stage 3 (``fit_classifier``), evaluation, and the whole chain.
+
+``fit_classifier`` numericalizes the labelled texts with the *fine-tuned language model's*
+vocabulary (unknown tokens -> xxunk = 0), builds a :class:`~ulmfit.models.classifier.
+TextClassifier` with the LM's shapes and fastai's classifier dropouts (``awd_lstm_clas_config``
+scaled by ``drop_mult`` 0.5), copies the LM's encoder into it and trains it with fastai's IMDb
+recipe of gradual unfreezing::
+
+    freeze_to(-1); fit_one_cycle(1, lr)
+    freeze_to(-2); fit_one_cycle(1, slice(lr / 2.6**4, lr))
+    freeze_to(-3); fit_one_cycle(1, slice(lr / 2 / 2.6**4, lr / 2))
+    unfreeze();    fit_one_cycle(epochs, slice(lr / 10 / 2.6**4, lr / 10))
+
+with lr 2e-2, moms (0.8, 0.7, 0.8), bs 64, wd 0.01 and no gradient clipping (fastai's
+``text_classifier_learner`` adds none). Training batches come from ``ClassifierLoader`` (sortish),
+validation batches sorted by length; predictions are put back in input order.
+
+The run folder::
+
+    RUN/lm/       the fine-tuned language model (``ulmfit fit`` only; see finetune_lm)
+    RUN/model/    the exported classifier: model.safetensors, vocab.json, config.json
+                  (task "classifier", label kind, classes, architecture); no pickle
+    RUN/report/   metrics.json (validation metrics, history, settings), per_class.csv,
+                  confusion.png, train/ (metrics.jsonl, steps.jsonl, loss.png), and
+                  test.json after ``ulmfit fit --test``
+
+``evaluate(RUN, TEST)`` gives n, accuracy, error_rate, macro_f1, per_class, confusion and the
+predictions in input order. A test label never seen in training is a UserError naming it and
+its row; training data with a single class is a UserError too.
+
+Differences from fastai: no AR/TAR penalty on the classifier's encoder outputs (fastai's
+``RNNRegularizer`` applies alpha=2, beta=1 there too); no resume of an interrupted classifier
+run (the LM stage of ``ulmfit fit`` is resumable on its own folder).
+
+TODO: multi-label (BCE-with-logits, threshold 0.5, ``multi_label_metrics``) and regression
+(MSE, ``regression_metrics``) targets: ``fit_classifier`` rejects them with a UserError for now.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ulmfit.errors import UserError
+
+MODEL_DIR = "model"
+LM_DIR = "lm"
+REPORT_DIR = "report"
+TASK = "classifier"
+FORMAT_VERSION = 1
+DRY_RUN_ROWS = 64  # rows read from each input by a dry run
+DRY_RUN_BATCHES = 2  # optimizer steps per epoch in a dry run
+_EMB_DP = "encoder.module.encoder_dp.emb.weight"
+_EMB = "encoder.module.encoder.weight"
+
+
+@dataclass
+class ClassifierConfig:
+    """fastai's IMDb classifier recipe (``text_classifier_learner``, gradual unfreezing)."""
+
+    lr: float = 2e-2  # peak rate of the first (head-only) stage
+    epochs: int = 2  # epochs of the last, unfrozen stage
+    bs: int = 64
+    drop_mult: float = 0.5
+    wd: float = 0.01
+    moms: tuple[float, float, float] = (0.8, 0.7, 0.8)
+    bptt: int = 72
+    max_len: int = 72 * 20
+    valid_pct: float = 0.1  # used when no validation file is given
+    seed: int = 42
+    workers: int = 0
+    cache_dir: Path | None = None
+    device: str | None = None
+    dry_run: bool = False
+    progress: bool | None = None
+    verbose: bool = True
+
+
+def _say(cfg: ClassifierConfig, msg: str) -> None:
+    if cfg.verbose:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _check_config(cfg: ClassifierConfig) -> None:
+    bad = [f"{n} must be 1 or more" for n in ("epochs", "bs", "bptt") if getattr(cfg, n) < 1]
+    if not cfg.lr > 0:
+        bad.append(f"lr must be positive, got {cfg.lr}")
+    if not 0 <= cfg.valid_pct < 1:
+        bad.append(f"valid_pct must be in [0, 1), got {cfg.valid_pct}")
+    if cfg.max_len < cfg.bptt:
+        bad.append(f"max_len ({cfg.max_len}) must be at least bptt ({cfg.bptt})")
+    if bad:
+        raise UserError("; ".join(bad))
+
+
+# ----------------------------------------------------------------------------------------
+# Labelled data in a model's vocabulary
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelledDocs:
+    """Documents as ids of a model's vocabulary, with encoded labels, in input order."""
+
+    ids: np.ndarray  # int64, flat
+    offsets: np.ndarray  # int64, n_docs + 1
+    labels: np.ndarray  # int64 class codes
+    classes: list[str]
+    rows: np.ndarray  # 0-based input row of each document
+    path: str
+    unk_rate: float
+    dropped: int = 0  # dry runs only: rows whose class training never saw
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
+def _label_col(spec) -> str:
+    cols = spec.label_cols or []
+    return cols[0] if cols else "folder"
+
+
+def read_labels(spec, classes: list[str] | None = None, limit: int | None = None):
+    """``(texts, LabelSet, rows, dropped)`` of ``spec`` (single-label only), checked: a label
+    outside ``classes`` is a UserError naming it and its row. ``limit`` keeps the first rows
+    only (dry runs: then rows of classes outside ``classes`` are dropped rather than refused,
+    as the head of a file rarely has every class)."""
+    from ulmfit.baselines import _read
+    from ulmfit.data.labels import _class_name, encode_labels, infer_label_kind
+
+    texts, raw, rows, _ = _read(spec)
+    kind = infer_label_kind(spec, None, raw=raw)
+    if kind != "single":
+        raise UserError(
+            f"{spec.path}: {kind} labels are not supported yet by the classifier "
+            "(single-label only: one label column)"
+        )
+    dropped = 0
+    if limit is not None:
+        texts, raw, rows = texts[:limit], raw[:limit], rows[:limit]
+        if classes is not None:
+            known = set(classes)
+            keep = [i for i, v in enumerate(raw) if _class_name(v) in known]
+            dropped = len(raw) - len(keep)
+            texts, raw, rows = (
+                [texts[i] for i in keep],
+                [raw[i] for i in keep],
+                [rows[i] for i in keep],
+            )
+    if not texts:
+        raise UserError(f"{spec.path}: no rows with text")
+    labels = encode_labels(raw, kind, rows, str(spec.path), _label_col(spec), classes=classes)
+    return texts, labels, rows, dropped
+
+
+def check_training_labels(labels, path: str) -> None:
+    if len(labels.classes) < 2:
+        only = labels.classes[0] if labels.classes else "none"
+        raise UserError(
+            f"{path}: every training row has the same class ({only!r}); a classifier "
+            "needs at least two classes"
+        )
+
+
+def read_labelled(
+    spec,
+    vocab: list[str],
+    cfg: ClassifierConfig,
+    classes: list[str] | None = None,
+    limit: int | None = None,
+) -> LabelledDocs:
+    """Read, tokenize (cached) and label ``spec`` (see :func:`read_labels`); ids in
+    ``vocab`` (unknown -> 0)."""
+    from ulmfit.tasks.language_model import read_token_corpus, tokenize_texts, vocab_map
+
+    texts, labels, rows, dropped = read_labels(spec, classes, limit)
+    if limit is not None:
+        corpus = tokenize_texts(texts)
+    else:
+        corpus = read_token_corpus([spec], workers=cfg.workers, cache_dir=cfg.cache_dir)
+        if len(corpus) != len(texts) or not np.array_equal(np.asarray(corpus.rows), rows):
+            raise UserError(f"{spec.path}: changed while it was read; try again")
+    table = vocab_map(corpus.vocab, vocab)
+    offsets = np.asarray(corpus.offsets, dtype=np.int64)
+    ids = table[np.asarray(corpus.ids[offsets[0] : offsets[-1]], dtype=np.int64)]
+    offsets = offsets - offsets[0]
+    return LabelledDocs(
+        ids=ids,
+        offsets=offsets,
+        labels=labels.values,
+        classes=list(labels.classes),
+        rows=np.asarray(rows, dtype=np.int64),
+        path=str(spec.path),
+        unk_rate=round(float(np.count_nonzero(ids == 0)) / max(1, len(ids)), 6),
+        dropped=dropped,
+    )
+
+
+def _subset(d: LabelledDocs, idx: np.ndarray) -> LabelledDocs:
+    from ulmfit.tasks.language_model import gather_docs
+
+    ids, off = gather_docs(d.ids, d.offsets, idx)
+    return replace(d, ids=ids, offsets=off, labels=d.labels[idx], rows=d.rows[idx])
+
+
+# ----------------------------------------------------------------------------------------
+# The exported classifier directory
+# ----------------------------------------------------------------------------------------
+
+
+def classifier_arch(lm_arch: dict):
+    """fastai's ``awd_lstm_clas_config`` dropouts with the language model's shapes."""
+    from ulmfit.models.awd_lstm import CLASSIFIER_CONFIG
+
+    keys = ("emb_sz", "n_hid", "n_layers", "pad_token")
+    return replace(CLASSIFIER_CONFIG, **{k: lm_arch[k] for k in keys if k in lm_arch})
+
+
+def build_classifier(vocab_sz: int, n_out: int, arch, cfg: ClassifierConfig):
+    from ulmfit.models.classifier import TextClassifier
+
+    return TextClassifier(
+        vocab_sz, n_out, arch, drop_mult=cfg.drop_mult, bptt=cfg.bptt, max_len=cfg.max_len
+    )
+
+
+def write_classifier_files(
+    folder: Path, model, vocab: list[str], classes: list[str], arch, cfg, meta: dict
+) -> dict:
+    from safetensors.torch import save_file
+
+    from ulmfit.models.io import tokenizer_settings
+    from ulmfit.tasks.language_model import _jsonable
+
+    state = model.state_dict()
+    state.pop(_EMB_DP, None)  # the same tensor as the embedding
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    from ulmfit import __version__
+
+    config = {
+        "format_version": FORMAT_VERSION,
+        "task": TASK,
+        "label_kind": "single",
+        "classes": list(classes),
+        "n_out": len(classes),
+        "architecture": {"name": "AWD_LSTM", **arch.to_dict()},
+        "classifier": {
+            "drop_mult": cfg.drop_mult,
+            "bptt": cfg.bptt,
+            "max_len": cfg.max_len,
+            "lin_ftrs": [50],
+        },
+        "vocab_size": len(vocab),
+        "direction": "fwd",
+        "tokenizer": tokenizer_settings(),
+        "ulmfit_version": __version__,
+        "config": _jsonable(cfg),
+        "meta": meta,
+    }
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "vocab.json").write_text(json.dumps(list(vocab), ensure_ascii=False), "utf-8")
+    (folder / "config.json").write_text(json.dumps(config, indent=1), "utf-8")
+    return config
+
+
+def model_dir_of(path: Path | str) -> Path:
+    """A run folder (``RUN/model`` inside) or a classifier model directory itself."""
+    path = Path(path)
+    if (path / MODEL_DIR / "config.json").is_file():
+        return path / MODEL_DIR
+    return path
+
+
+def load_classifier(path: Path | str):
+    """``(model, vocab, config)`` of an exported classifier (a run folder or its model dir)."""
+    from safetensors.torch import load_file
+
+    from ulmfit.models.awd_lstm import AWDLSTMConfig
+    from ulmfit.text.vocab import load_vocab
+
+    folder = model_dir_of(path)
+    file = folder / "config.json"
+    if not file.is_file():
+        raise UserError(f"{path}: not a classifier run or model directory (no {file.name})")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UserError(f"{file}: not valid JSON ({e})") from None
+    if config.get("task") != TASK:
+        raise UserError(f"{file}: task is {config.get('task')!r}, expected {TASK!r}")
+    vocab = load_vocab(folder / "vocab.json")
+    arch = AWDLSTMConfig(**{k: v for k, v in config["architecture"].items() if k != "name"})
+    c = config["classifier"]
+    cfg = ClassifierConfig(drop_mult=c["drop_mult"], bptt=c["bptt"], max_len=c["max_len"])
+    model = build_classifier(len(vocab), config["n_out"], arch, cfg)
+    try:
+        state = load_file(str(folder / "model.safetensors"), device="cpu")
+        state[_EMB_DP] = state[_EMB]
+        model.load_state_dict(state, strict=True)
+    except (OSError, RuntimeError, KeyError) as e:
+        msg = str(e).splitlines()[0][:200]
+        raise UserError(f"{folder}/model.safetensors: does not match config.json ({msg})") from None
+    model.eval()
+    return model, vocab, config
+
+
+# ----------------------------------------------------------------------------------------
+# Prediction and metrics
+# ----------------------------------------------------------------------------------------
+
+
+def predict_logits(model, docs: LabelledDocs, bs: int = 64, device: str | None = None):
+    """Logits ``(n_docs, n_out)`` in input order (sorted batches, order restored)."""
+    from ulmfit.loaders import ClassifierLoader, restore_order
+
+    dev = torch.device(device or next(model.parameters()).device)
+    model.to(dev).eval()
+    loader = ClassifierLoader(docs.ids, docs.offsets, None, bs=bs, train=False, max_len=None)
+    out = []
+    with torch.inference_mode():
+        for x, _, idx in loader:
+            out.append((idx, model(x.to(dev)).float().cpu()))
+    return restore_order(out, len(docs)).numpy()
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
+    """``m[i, j]``: documents of true class i predicted as class j."""
+    m = np.zeros((n, n), dtype=np.int64)
+    np.add.at(m, (y_true, y_pred), 1)
+    return m
+
+
+def metrics_of(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """n, accuracy, error_rate, macro_f1, per_class (precision, recall, f1, support) and the
+    confusion matrix (rows: true class, columns: predicted), names as in ``classes``."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from ulmfit.baselines import single_label_metrics
+
+    m = single_label_metrics(y_true, y_pred, classes)
+    labels = list(range(len(classes)))
+    p, r, f, s = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    per_class = {
+        c: {
+            "precision": float(p[k]),
+            "recall": float(r[k]),
+            "f1": float(f[k]),
+            "support": int(s[k]),
+        }
+        for k, c in enumerate(classes)
+    }
+    return {
+        "n": int(len(y_true)),
+        "accuracy": m["accuracy"],
+        "error_rate": m["error_rate"],
+        "macro_f1": m["macro_f1"],
+        "per_class": per_class,
+        "classes": list(classes),
+        "confusion": confusion(y_true, y_pred, len(classes)).tolist(),
+    }
+
+
+def write_report_files(folder: Path, m: dict, prefix: str = "") -> None:
+    """``per_class.csv`` and ``confusion.png`` (best effort) for metrics ``m``."""
+    import csv
+
+    with open(folder / f"{prefix}per_class.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "precision", "recall", "f1", "support"])
+        for c, v in m["per_class"].items():
+            w.writerow(
+                [c, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}"]
+                + [v["support"]]
+            )
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        return
+    cm = np.asarray(m["confusion"])
+    k = len(m["classes"])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1.0 + 0.6 * k))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(k), m["classes"], rotation=90)
+    ax.set_yticks(range(k), m["classes"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / f"{prefix}confusion.png", dpi=80)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------
+
+
+class _FewBatches:
+    def __init__(self, loader, n: int) -> None:
+        self.loader, self.n = loader, n
+
+    def __len__(self) -> int:
+        return min(self.n, len(self.loader))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for i, b in enumerate(self.loader):
+            if i >= self.n:
+                return
+            yield b
+
+
+def _check_target(out_dir: Path) -> None:
+    for name in (MODEL_DIR, REPORT_DIR):
+        p = out_dir / name
+        if p.exists() and (not p.is_dir() or any(p.iterdir())):
+            raise UserError(f"{p}: exists and is not empty; choose another --out")
+
+
+def fit_classifier(
+    train_spec,
+    lm_dir: Path | str,
+    out_dir: Path | str,
+    cfg: ClassifierConfig | None = None,
+    *,
+    valid_spec=None,
+) -> dict:
+    """Train a classifier on ``train_spec`` from the fine-tuned LM in ``lm_dir``; write
+    ``out_dir/model`` and ``out_dir/report`` (see the module docstring). Validation is
+    ``valid_spec``, or ``cfg.valid_pct`` of the training rows (seeded). Returns a summary."""
+    from ulmfit.models.classifier import load_encoder
+    from ulmfit.models.io import load_model_dir, staged_dir
+    from ulmfit.tasks.language_model import split_docs
+    from ulmfit.train import ClassifierTask, Learner, TrainConfig
+
+    cfg = cfg or ClassifierConfig()
+    _check_config(cfg)
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    _check_target(out_dir)
+    lm, vocab, lm_config = load_model_dir(lm_dir)
+    if lm_config.get("direction", "fwd") != "fwd":
+        raise UserError(f"{lm_dir}: a backward language model; the classifier needs a forward one")
+    limit = DRY_RUN_ROWS if cfg.dry_run else None
+    train = read_labelled(train_spec, vocab, cfg, limit=limit)
+    if len(train.classes) < 2:
+        check_training_labels(train, train.path)
+    if valid_spec is not None:
+        valid = read_labelled(valid_spec, vocab, cfg, classes=train.classes, limit=limit)
+    else:
+        if cfg.valid_pct <= 0:
+            raise UserError("give a validation file or a valid_pct above 0")
+        tr_idx, va_idx = split_docs(len(train), cfg.valid_pct, cfg.seed)
+        train, valid = _subset(train, tr_idx), _subset(train, va_idx)
+    _say(
+        cfg,
+        f"classifier: {len(train)} training, {len(valid)} validation documents, "
+        f"{len(train.classes)} classes, unknown tokens {100 * train.unk_rate:.2f}%",
+    )
+
+    from ulmfit.loaders import ClassifierLoader
+
+    train_loader = ClassifierLoader(
+        train.ids,
+        train.offsets,
+        train.labels,
+        bs=cfg.bs,
+        train=True,
+        seed=cfg.seed,
+        max_len=None,
+    )
+    valid_loader = ClassifierLoader(
+        valid.ids, valid.offsets, valid.labels, bs=cfg.bs, train=False, max_len=None
+    )
+    if cfg.dry_run:
+        train_loader = _FewBatches(train_loader, DRY_RUN_BATCHES)
+
+    torch.manual_seed(cfg.seed)
+    arch = classifier_arch(lm_config["architecture"])
+    model = build_classifier(len(vocab), len(train.classes), arch, cfg)
+    load_encoder(model, lm)
+    del lm
+    dev = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    work = out_dir / ".classifier-train"
+    if work.exists():
+        shutil.rmtree(work)
+    tc = TrainConfig(
+        moms=tuple(cfg.moms),
+        wd=cfg.wd,
+        clip=None,
+        seed=cfg.seed,
+        device=dev,
+        progress=cfg.progress,
+        verbose=cfg.verbose,
+    )
+    learn = Learner(model, train_loader, valid_loader, ClassifierTask(), out_dir=work, config=tc)
+    lr, moms, d = cfg.lr, tuple(cfg.moms), 2.6**4
+    n_groups = len(learn.groups)
+    try:
+        learn.freeze_to(-1)
+        learn.fit_one_cycle(1, lr, moms=moms)
+        for k, lr_k in ((2, lr), (3, lr / 2)):
+            if n_groups > k:
+                learn.freeze_to(-k)
+                learn.fit_one_cycle(1, slice(lr_k / d, lr_k), moms=moms)
+        learn.unfreeze()
+        epochs = 1 if cfg.dry_run else cfg.epochs
+        learn.fit_one_cycle(epochs, slice(lr / 10 / d, lr / 10), moms=moms)
+
+        logits = predict_logits(model, valid, bs=cfg.bs)
+        m = metrics_of(valid.labels, logits.argmax(1), train.classes)
+        report = {
+            "task": "fit_classifier",
+            "lm": str(lm_dir),
+            "train": {"path": train.path, "docs": len(train), "unk_rate": train.unk_rate},
+            "valid": {
+                "path": valid.path if valid_spec is not None else f"{cfg.valid_pct} of train",
+                "docs": len(valid),
+                "dropped_unseen_class": valid.dropped,
+            },
+            "classes": train.classes,
+            "valid_metrics": m,
+            "history": learn.history,
+            "config": _config_json(cfg),
+            "dry_run": cfg.dry_run,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        meta = {"trained": "fit_classifier", "lm": str(lm_dir), "valid_accuracy": m["accuracy"]}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with staged_dir(out_dir / MODEL_DIR, overwrite=False) as tmp:
+            write_classifier_files(tmp, model, vocab, train.classes, arch, cfg, meta)
+
+        def _report(tmp: Path) -> None:
+            (tmp / "metrics.json").write_text(json.dumps(report, indent=1), "utf-8")
+            write_report_files(tmp, m)
+            (tmp / "train").mkdir()
+            for f in work.iterdir():
+                if f.suffix != ".pt":  # the checkpoint is a pickle: not kept
+                    shutil.move(str(f), tmp / "train" / f.name)
+
+        with staged_dir(out_dir / REPORT_DIR, overwrite=False) as tmp:
+            _report(tmp)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "out": str(out_dir),
+        "model": str(out_dir / MODEL_DIR),
+        "report": str(out_dir / REPORT_DIR / "metrics.json"),
+        "classes": train.classes,
+        "valid": {k: m[k] for k in ("n", "accuracy", "error_rate", "macro_f1")},
+        "seconds": report["seconds"],
+    }
+
+
+def _config_json(cfg: ClassifierConfig) -> dict:
+    from ulmfit.tasks.language_model import _jsonable
+
+    return _jsonable(cfg)
+
+
+def evaluate(
+    run: Path | str, test_spec, *, bs: int = 64, device: str | None = None, dry_run: bool = False
+) -> dict:
+    """Metrics of the classifier in ``run`` on ``test_spec`` (labels checked against the
+    training classes) and its predictions in input order (``predictions``, ``rows``)."""
+    model, vocab, config = load_classifier(run)
+    classes = config["classes"]
+    cfg = ClassifierConfig(verbose=False)
+    docs = read_labelled(
+        test_spec, vocab, cfg, classes=classes, limit=DRY_RUN_ROWS if dry_run else None
+    )
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    logits = predict_logits(model, docs, bs=bs, device=dev)
+    pred = logits.argmax(1)
+    m = metrics_of(docs.labels, pred, classes)
+    return {
+        "path": docs.path,
+        **m,
+        "unk_rate": docs.unk_rate,
+        "predictions": [classes[k] for k in pred],
+        "rows": (docs.rows + 1).tolist(),  # 1-based input rows, as in error messages
+        **({"dropped_unseen_class": docs.dropped} if dry_run else {}),
+    }
+
+
+def fit(
+    train_spec,
+    pretrained: Path | str,
+    out_dir: Path | str,
+    *,
+    vocab: Path | str | None = None,
+    valid_spec=None,
+    test_spec=None,
+    cfg: ClassifierConfig | None = None,
+    lm_cfg=None,
+) -> dict:
+    """The whole ULMFiT chain: fine-tune ``pretrained`` on the texts of train (+ valid) into
+    ``RUN/lm``, train the classifier into ``RUN``, then evaluate on ``test_spec`` if given
+    (``RUN/report/test.json``, ``test_per_class.csv``, ``test_confusion.png``)."""
+    from dataclasses import replace as dc_replace
+
+    from ulmfit.tasks.language_model import FinetuneLMConfig, finetune_lm
+
+    cfg = cfg or ClassifierConfig()
+    _check_config(cfg)
+    out_dir = Path(out_dir)
+    _check_target(out_dir)
+    lm_cfg = lm_cfg or FinetuneLMConfig(
+        device=cfg.device,
+        dry_run=cfg.dry_run,
+        progress=cfg.progress,
+        verbose=cfg.verbose,
+        workers=cfg.workers,
+        cache_dir=cfg.cache_dir,
+        seed=cfg.seed,
+    )
+    texts = [
+        dc_replace(s, label_cols=None, label_delim=None)
+        for s in (train_spec, valid_spec)
+        if s is not None
+    ]
+    # every label file is checked in full (dry runs too) before anything is trained
+    _, labels, _, _ = read_labels(train_spec)
+    check_training_labels(labels, str(train_spec.path))
+    for spec in (valid_spec, test_spec):
+        if spec is not None:
+            read_labels(spec, labels.classes)
+    lm = finetune_lm(texts, pretrained, out_dir / LM_DIR, lm_cfg, vocab=vocab)
+    result = {"lm": lm}
+    result["classifier"] = fit_classifier(
+        train_spec, out_dir / LM_DIR, out_dir, cfg, valid_spec=valid_spec
+    )
+    if test_spec is not None:
+        t = evaluate(out_dir, test_spec, bs=cfg.bs, device=cfg.device, dry_run=cfg.dry_run)
+        rep = out_dir / REPORT_DIR
+        (rep / "test.json").write_text(json.dumps(t, indent=1), "utf-8")
+        write_report_files(rep, t, prefix="test_")
+        result["test"] = {k: t[k] for k in ("n", "accuracy", "error_rate", "macro_f1")}
+    result["out"] = str(out_dir)
+    return result
+
+
+__all__ = [
+    "ClassifierConfig",
+    "evaluate",
+    "fit",
+    "fit_classifier",
+    "load_classifier",
+    "metrics_of",
+    "read_labelled",
+]
