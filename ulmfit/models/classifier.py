@@ -49,9 +49,9 @@ class SentenceEncoder(nn.Module):
 
     Returns ``(outputs, mask)``: the last LSTM layer's outputs ``(bs, kept_len, emb_sz)`` for
     the kept chunks (those within the last ``max_len`` positions; ``None``: all) and the
-    matching padding mask (``True`` where pad). ``kept_len`` is a multiple of ``bptt``: rows
-    are re-laid out as described in the module docstring, so the kept part can hold pads at
-    both ends; only ``mask`` says which positions are real tokens.
+    matching padding mask (``True`` where pad). Rows are re-laid out as described in the module
+    docstring (the batch is as wide as its longest text, as in fastai), so the kept part can
+    hold pads at both ends; only ``mask`` says which positions are real tokens.
     """
 
     def __init__(
@@ -69,11 +69,12 @@ class SentenceEncoder(nn.Module):
 
     def layout(self, x: Tensor) -> Tensor:
         """Each row's real tokens, in order, starting on a multiple of ``bptt`` with fewer
-        than ``bptt`` pads after them; width = the longest row rounded up to ``bptt``."""
+        than ``bptt`` pads after them; width = the longest row (as fastai's
+        ``pad_input_chunk``: short texts are not padded up to a whole chunk)."""
         real = x != self.pad_idx
         lens = real.sum(1)
         bptt = self.bptt
-        width = max(-(-int(lens.max().item() if len(lens) else 0) // bptt), 1) * bptt
+        width = max(int(lens.max().item()) if len(lens) else 0, 1)
         start = (width - lens) // bptt * bptt
         pos = torch.where(real, start[:, None] + real.cumsum(1) - 1, width)
         out = x.new_full((x.size(0), width + 1), self.pad_idx)
