@@ -556,3 +556,22 @@ def restore_order(
     out = np.empty_like(preds)
     out[idx] = preds
     return torch.from_numpy(out) if as_torch else out
+
+
+class FewBatches:
+    """A loader cut to its first ``n`` batches: every stage runs, briefly (``--dry-run``)."""
+
+    def __init__(self, loader, n: int) -> None:
+        self.loader, self.n = loader, n
+
+    def __len__(self) -> int:
+        return min(self.n, len(self.loader))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i >= self.n:
+                return
+            yield batch

@@ -410,23 +410,6 @@ def write_report_files(folder: Path, m: dict, prefix: str = "") -> None:
 # ----------------------------------------------------------------------------------------
 
 
-class _FewBatches:
-    def __init__(self, loader, n: int) -> None:
-        self.loader, self.n = loader, n
-
-    def __len__(self) -> int:
-        return min(self.n, len(self.loader))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
-
-    def __iter__(self):
-        for i, b in enumerate(self.loader):
-            if i >= self.n:
-                return
-            yield b
-
-
 def _check_target(out_dir: Path) -> None:
     for name in (MODEL_DIR, REPORT_DIR):
         p = out_dir / name
@@ -475,7 +458,7 @@ def fit_classifier(
         f"{len(train.classes)} classes, unknown tokens {100 * train.unk_rate:.2f}%",
     )
 
-    from ulmfit.loaders import ClassifierLoader
+    from ulmfit.loaders import ClassifierLoader, FewBatches
 
     train_loader = ClassifierLoader(
         train.ids,
@@ -490,7 +473,7 @@ def fit_classifier(
         valid.ids, valid.offsets, valid.labels, bs=cfg.bs, train=False, max_len=None
     )
     if cfg.dry_run:
-        train_loader = _FewBatches(train_loader, DRY_RUN_BATCHES)
+        train_loader = FewBatches(train_loader, DRY_RUN_BATCHES)
 
     torch.manual_seed(cfg.seed)
     arch = classifier_arch(lm_config["architecture"])

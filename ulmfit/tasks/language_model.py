@@ -496,35 +496,16 @@ def _prepare(specs: list, cfg: LMTrainConfig):
     )
 
 
-class _FewBatches:
-    """A loader cut to its first ``n`` batches (dry runs)."""
-
-    def __init__(self, loader, n: int) -> None:
-        self.loader, self.n = loader, n
-
-    def __len__(self) -> int:
-        return min(self.n, len(self.loader))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
-
-    def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if i >= self.n:
-                return
-            yield batch
-
-
 def _lm_loader(ids: np.ndarray, offsets: np.ndarray, cfg: LMTrainConfig, train: bool):
     """fastai v2's LM batches; ``bs`` lowered for a corpus too short to fill ``bs`` rows."""
-    from ulmfit.loaders import LMLoader
+    from ulmfit.loaders import FewBatches, LMLoader
 
     n_tok = int(offsets[-1] - offsets[0])
     if n_tok < 2:
         raise UserError(f"the {'training' if train else 'validation'} text has too few tokens")
     bs = min(cfg.bs, n_tok - 1)
     loader = LMLoader(ids, offsets, bs=bs, bptt=cfg.bptt, shuffle=train, seed=cfg.seed)
-    return _FewBatches(loader, DRY_RUN_BATCHES) if cfg.dry_run and train else loader
+    return FewBatches(loader, DRY_RUN_BATCHES) if cfg.dry_run and train else loader
 
 
 def _stream(docs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
