@@ -534,9 +534,24 @@ def _label_spec(args: argparse.Namespace, path: str):
         path=_input_path(path),
         text_cols=args.text_col,
         label_cols=args.label_col or ["label"],
+        label_delim=args.label_delim,
         fmt=args.format,
         encoding=args.encoding,
     )
+
+
+def _print_classifier_metrics(head: str, m: dict) -> None:
+    kind = m.get("label_kind", "single")
+    if kind == "float":
+        print(f"{head}mae {m['mae']:.4f}, rmse {m['rmse']:.4f} (n={m['n']})")
+    elif kind == "multi":
+        auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
+        print(
+            f"{head}micro F1 {m['micro_f1']:.4f}, macro F1 {m['macro_f1']:.4f}, "
+            f"ROC AUC {auc} (n={m['n']})"
+        )
+    else:
+        print(f"{head}accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} (n={m['n']})")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -551,7 +566,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     }
     if args.valid_pct is not None:
         given["valid_pct"] = args.valid_pct
-    cfg = ClassifierConfig(**given, dry_run=args.dry_run, progress=False if args.json else None)
+    cfg = ClassifierConfig(
+        **given,
+        label_kind=args.label_kind,
+        dry_run=args.dry_run,
+        progress=False if args.json else None,
+    )
     lm_cfg = None
     if args.lm_epochs is not None:
         from ulmfit.tasks.language_model import FinetuneLMConfig
@@ -578,24 +598,43 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    v = result["classifier"]["valid"]
+    kind = result["classifier"]["label_kind"]
     print(f"language model: {result['lm']['out']}")
     print(
         f"classifier: {result['classifier']['model']}  (report: {result['classifier']['report']})"
     )
-    print(f"validation: accuracy {v['accuracy']:.4f}, macro F1 {v['macro_f1']:.4f} (n={v['n']})")
+    _print_classifier_metrics("validation: ", {**result["classifier"]["valid"], "label_kind": kind})
     if "test" in result:
-        t = result["test"]
-        print(f"test accuracy: {t['accuracy']:.4f}  (macro F1 {t['macro_f1']:.4f}, n={t['n']})")
+        _print_classifier_metrics("test: ", {**result["test"], "label_kind": kind})
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ulmfit.tasks.classifier import evaluate
 
-    res = evaluate(args.run, _label_spec(args, args.test), bs=args.bs, device=args.device)
+    res = evaluate(
+        args.run,
+        _label_spec(args, args.test),
+        bs=args.bs,
+        device=args.device,
+        label_kind=args.label_kind,
+    )
     if args.json:
         print(json.dumps(res))
+        return 0
+    if res["label_kind"] == "float":
+        _print_classifier_metrics(f"{res['path']}: ", res)
+        for t, m in res.get("per_target", {}).items():
+            print(f"  {t:<20} mae {m['mae']:.4f}  rmse {m['rmse']:.4f}")
+        return 0
+    if res["label_kind"] == "multi":
+        _print_classifier_metrics(f"{res['path']}: ", res)
+        print(f"  {'label':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8} thresh")
+        for c, m in res["per_class"].items():
+            print(
+                f"  {c:<20} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} "
+                f"{m['support']:>8} {m['threshold']:.2f}"
+            )
         return 0
     print(
         f"{res['path']}: n={res['n']}, accuracy {res['accuracy']:.4f}, error rate "
@@ -613,7 +652,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _add_classifier_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-col", action="append", metavar="COL", help="text column (default text)")
     p.add_argument(
-        "--label-col", action="append", metavar="COL", help="label column (default label)"
+        "--label-col",
+        action="append",
+        metavar="COL",
+        help="label column (default label; repeat for several 0/1 columns or numeric targets)",
+    )
+    p.add_argument(
+        "--label-delim",
+        metavar="SEP",
+        help="several labels in one column separated by SEP (multi-label; e.g. ' ')",
+    )
+    p.add_argument(
+        "--label-kind",
+        choices=["single", "multi", "float"],
+        help="force the kind of target (default: inferred; float: regression)",
     )
     p.add_argument(
         "--format",
@@ -630,7 +682,7 @@ def _add_classifier_commands(sub) -> None:
         "fit",
         help="the whole ULMFiT chain: fine-tune the LM on the texts, then train a classifier",
         description="Fine-tune --pretrained on the texts of --train (and --valid) into RUN/lm, "
-        "train a single-label classifier from it with gradual unfreezing (fastai's IMDb recipe) "
+        "train a classifier (single-label, multi-label or regression) from it with gradual unfreezing (fastai's IMDb recipe) "
         "into RUN/model (safetensors + vocab.json + config.json) with metrics in RUN/report, "
         "then evaluate on --test if given.",
     )
@@ -657,7 +709,7 @@ def _add_classifier_commands(sub) -> None:
 
     p = sub.add_parser(
         "evaluate",
-        help="accuracy, macro F1, per-class metrics and confusion of a classifier on a test file",
+        help="metrics of a classifier on a test file (accuracy / F1, multi-label F1 / AUC, MAE)",
         description="RUN: a run folder of 'ulmfit fit' (or its model directory). Test labels "
         "must be classes seen in training. --json adds the predictions in input order.",
     )

@@ -32,8 +32,14 @@ Differences from fastai: no AR/TAR penalty on the classifier's encoder outputs (
 ``RNNRegularizer`` applies alpha=2, beta=1 there too); no resume of an interrupted classifier
 run (the LM stage of ``ulmfit fit`` is resumable on its own folder).
 
-TODO: multi-label (BCE-with-logits, threshold 0.5, ``multi_label_metrics``) and regression
-(MSE, ``regression_metrics``) targets: ``fit_classifier`` rejects them with a UserError for now.
+Multi-label targets (``--label-delim`` in one column, or several 0/1 columns): one output per
+label trained with BCE-with-logits; after training one threshold per label is tuned on the
+validation set (the grid 0.05, 0.10 ... 0.95 maximizing that label's F1; 0.5 for a label with no
+positive validation row) and stored in ``config.json`` (``thresholds``). ``evaluate`` then gives
+micro_f1, macro_f1, roc_auc (mean over the labels with both classes present) and per-label
+precision / recall / F1 / support with those thresholds. Regression (``label_kind`` "float", one
+or several numeric columns): one output per target trained with MSE; ``evaluate`` gives mae and
+rmse (and ``per_target`` when there are several).
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ class ClassifierConfig:
     workers: int = 0
     cache_dir: Path | None = None
     device: str | None = None
+    label_kind: str | None = None  # "single" | "multi" | "float"; None: inferred
     dry_run: bool = False
     progress: bool | None = None
     verbose: bool = True
@@ -111,43 +118,61 @@ class LabelledDocs:
 
     ids: np.ndarray  # int64, flat
     offsets: np.ndarray  # int64, n_docs + 1
-    labels: np.ndarray  # int64 class codes
-    classes: list[str]
+    labels: np.ndarray  # single: int64 codes; multi: uint8 [n, k]; float: float32 [n] or [n, k]
+    classes: list[str]  # empty for a float target
     rows: np.ndarray  # 0-based input row of each document
     path: str
     unk_rate: float
     dropped: int = 0  # dry runs only: rows whose class training never saw
+    kind: str = "single"
+    cols: list[str] | None = None  # the label column(s)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
 
-def _label_col(spec) -> str:
+def _label_col(spec) -> str | list[str]:
     cols = spec.label_cols or []
+    if len(cols) > 1:
+        return list(cols)
     return cols[0] if cols else "folder"
 
 
-def read_labels(spec, classes: list[str] | None = None, limit: int | None = None):
-    """``(texts, LabelSet, rows, dropped)`` of ``spec`` (single-label only), checked: a label
-    outside ``classes`` is a UserError naming it and its row. ``limit`` keeps the first rows
-    only (dry runs: then rows of classes outside ``classes`` are dropped rather than refused,
-    as the head of a file rarely has every class)."""
+def _known(value, known: set[str]) -> bool:
+    """Whether every label of a raw value (one label, or a list of them) is in ``known``."""
+    from ulmfit.data.labels import _class_name, _is_missing
+
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return all(_is_missing(v) or _class_name(v) in known for v in items)
+
+
+def read_labels(
+    spec,
+    classes: list[str] | None = None,
+    limit: int | None = None,
+    kind: str | None = None,
+):
+    """``(texts, LabelSet, rows, dropped)`` of ``spec``, checked: a label outside ``classes``
+    is a UserError naming it and its row. ``kind`` forces the kind of target (default:
+    inferred). ``limit`` keeps the first rows only (dry runs: then rows of classes outside
+    ``classes`` are dropped rather than refused, as the head of a file rarely has every
+    class)."""
     from ulmfit.baselines import _read
-    from ulmfit.data.labels import _class_name, encode_labels, infer_label_kind
+    from ulmfit.data.labels import encode_labels, infer_label_kind
 
     texts, raw, rows, _ = _read(spec)
-    kind = infer_label_kind(spec, None, raw=raw)
-    if kind != "single":
-        raise UserError(
-            f"{spec.path}: {kind} labels are not supported yet by the classifier "
-            "(single-label only: one label column)"
-        )
+    kind = infer_label_kind(spec, kind, raw=raw)
+    if kind == "none":
+        raise UserError(f"{spec.path}: no labels (give the label column, e.g. --label-col)")
+    if kind == "float":
+        classes = None
     dropped = 0
     if limit is not None:
         texts, raw, rows = texts[:limit], raw[:limit], rows[:limit]
-        if classes is not None:
+        several = len(spec.label_cols or []) > 1
+        if classes is not None and not several:
             known = set(classes)
-            keep = [i for i, v in enumerate(raw) if _class_name(v) in known]
+            keep = [i for i, v in enumerate(raw) if _known(v, known)]
             dropped = len(raw) - len(keep)
             texts, raw, rows = (
                 [texts[i] for i in keep],
@@ -161,6 +186,16 @@ def read_labels(spec, classes: list[str] | None = None, limit: int | None = None
 
 
 def check_training_labels(labels, path: str) -> None:
+    """A LabelSet or LabelledDocs of training rows: two classes at least (single-label), one
+    label used at least once (multi-label); a numeric target is not checked."""
+    kind = getattr(labels, "kind", "single")
+    if kind == "float":
+        return
+    if kind == "multi":
+        values = labels.labels if isinstance(labels, LabelledDocs) else labels.values
+        if not labels.classes or not np.asarray(values).any():
+            raise UserError(f"{path}: no training row has a label")
+        return
     if len(labels.classes) < 2:
         only = labels.classes[0] if labels.classes else "none"
         raise UserError(
@@ -180,7 +215,7 @@ def read_labelled(
     ``vocab`` (unknown -> 0)."""
     from ulmfit.tasks.language_model import read_token_corpus, tokenize_texts, vocab_map
 
-    texts, labels, rows, dropped = read_labels(spec, classes, limit)
+    texts, labels, rows, dropped = read_labels(spec, classes, limit, kind=cfg.label_kind)
     if limit is not None:
         corpus = tokenize_texts(texts)
     else:
@@ -200,7 +235,30 @@ def read_labelled(
         path=str(spec.path),
         unk_rate=round(float(np.count_nonzero(ids == 0)) / max(1, len(ids)), 6),
         dropped=dropped,
+        kind=labels.kind,
+        cols=list(labels.cols),
     )
+
+
+def n_outputs(d: LabelledDocs) -> int:
+    """Outputs of the classifier: one per class or label, or one per numeric target."""
+    if d.kind == "float":
+        return 1 if d.labels.ndim == 1 else int(d.labels.shape[1])
+    return len(d.classes)
+
+
+def bce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Multi-label loss: BCE-with-logits on the multi-hot targets (cast to float)."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, y.float())
+
+
+def mse_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Regression loss: MSE; a one-column target ``[n]`` is compared with the ``[n, 1]`` output."""
+    return torch.nn.functional.mse_loss(out, y.float().reshape(out.shape))
+
+
+def loss_for(kind: str):
+    return {"single": torch.nn.functional.cross_entropy, "multi": bce_loss, "float": mse_loss}[kind]
 
 
 def _subset(d: LabelledDocs, idx: np.ndarray) -> LabelledDocs:
@@ -232,7 +290,17 @@ def build_classifier(vocab_sz: int, n_out: int, arch, cfg: ClassifierConfig):
 
 
 def write_classifier_files(
-    folder: Path, model, vocab: list[str], classes: list[str], arch, cfg, meta: dict
+    folder: Path,
+    model,
+    vocab: list[str],
+    classes: list[str],
+    arch,
+    cfg,
+    meta: dict,
+    *,
+    kind: str = "single",
+    n_out: int | None = None,
+    extra: dict | None = None,
 ) -> dict:
     from safetensors.torch import save_file
 
@@ -247,9 +315,10 @@ def write_classifier_files(
     config = {
         "format_version": FORMAT_VERSION,
         "task": TASK,
-        "label_kind": "single",
+        "label_kind": kind,
         "classes": list(classes),
-        "n_out": len(classes),
+        "n_out": len(classes) if n_out is None else n_out,
+        **(extra or {}),
         "architecture": {"name": "AWD_LSTM", **arch.to_dict()},
         "classifier": {
             "drop_mult": cfg.drop_mult,
@@ -369,9 +438,113 @@ def metrics_of(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> di
     }
 
 
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
+SUMMARY_KEYS = {
+    "single": ("n", "accuracy", "error_rate", "macro_f1"),
+    "multi": ("n", "micro_f1", "macro_f1", "roc_auc"),
+    "float": ("n", "mae", "rmse"),
+}
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, grid=THRESHOLD_GRID) -> np.ndarray:
+    """One threshold per label: the grid value maximizing that label's F1 (ties: the one
+    closest to 0.5; a label with no positive row keeps 0.5)."""
+    y = np.asarray(y_true).astype(bool)
+    out = np.full(y.shape[1], 0.5)
+    order = sorted((float(t) for t in grid), key=lambda t: (abs(t - 0.5), t))
+    for k in range(y.shape[1]):
+        if not y[:, k].any():
+            continue
+        best, best_f = 0.5, -1.0
+        for t in order:
+            pred = probs[:, k] >= t
+            tp = int(np.sum(pred & y[:, k]))
+            wrong = int(np.sum(pred != y[:, k]))
+            f = 2 * tp / (2 * tp + wrong) if tp else 0.0
+            if f > best_f + 1e-12:
+                best, best_f = t, f
+        out[k] = best
+    return out
+
+
+def multi_metrics(
+    y_true: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, classes: list[str]
+) -> dict:
+    """n, micro_f1, macro_f1, roc_auc (mean over labels with both classes present, None if
+    none), per_class (precision, recall, f1, support, threshold) and per_class_f1."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from ulmfit.baselines import multi_label_metrics
+
+    y_true = np.asarray(y_true).astype(int)
+    pred = (probs >= np.asarray(thresholds)[None, :]).astype(int)
+    m = multi_label_metrics(y_true, pred, probs, classes)
+    p, r, f, s = precision_recall_fscore_support(
+        y_true, pred, labels=list(range(len(classes))), average=None, zero_division=0
+    )
+    per_class = {
+        c: {
+            "precision": float(p[k]),
+            "recall": float(r[k]),
+            "f1": float(f[k]),
+            "support": int(s[k]),
+            "threshold": float(thresholds[k]),
+        }
+        for k, c in enumerate(classes)
+    }
+    auc = m["mean_auc"]
+    return {
+        "n": int(len(y_true)),
+        "micro_f1": m["micro_f1"],
+        "macro_f1": m["macro_f1"],
+        "roc_auc": None if np.isnan(auc) else auc,
+        "auc_labels": m["auc_labels"],
+        "per_class": per_class,
+        "per_class_f1": m["per_class_f1"],
+        "classes": list(classes),
+    }
+
+
+def regression_of(y_true: np.ndarray, pred: np.ndarray, targets: list[str]) -> dict:
+    """n, mae, rmse over every target, and per_target when there are several."""
+    from ulmfit.baselines import regression_metrics
+
+    m = {"n": int(len(y_true)), **regression_metrics(y_true, pred), "targets": list(targets)}
+    if y_true.ndim == 2 and y_true.shape[1] > 1:
+        m["per_target"] = {
+            t: regression_metrics(y_true[:, j], pred[:, j]) for j, t in enumerate(targets)
+        }
+    return m
+
+
+def predictions_of(kind: str, logits: np.ndarray, labels: np.ndarray, config: dict):
+    """``(metrics, predictions)`` of a model's outputs, as its ``config`` says to read them."""
+    classes = config["classes"]
+    if kind == "multi":
+        thr = np.asarray([config["thresholds"][c] for c in classes], dtype=np.float64)
+        probs = sigmoid(logits)
+        m = multi_metrics(labels, probs, thr, classes)
+        hits = probs >= thr[None, :]
+        return m, [[c for c, h in zip(classes, row) if h] for row in hits]
+    if kind == "float":
+        pred = logits[:, 0] if labels.ndim == 1 else logits
+        m = regression_of(labels, pred, config.get("targets") or [])
+        return m, pred.tolist()
+    pred = logits.argmax(1)
+    return metrics_of(labels, pred, classes), [classes[k] for k in pred]
+
+
 def write_report_files(folder: Path, m: dict, prefix: str = "") -> None:
-    """``per_class.csv`` and ``confusion.png`` (best effort) for metrics ``m``."""
+    """``per_class.csv`` and ``confusion.png`` (best effort) for metrics ``m`` (neither for
+    a numeric target; no confusion matrix for multi-label)."""
     import csv
+
+    if "per_class" not in m:
+        return
 
     with open(folder / f"{prefix}per_class.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -387,6 +560,8 @@ def write_report_files(folder: Path, m: dict, prefix: str = "") -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - matplotlib is a dependency
+        return
+    if "confusion" not in m:
         return
     cm = np.asarray(m["confusion"])
     k = len(m["classes"])
@@ -443,10 +618,15 @@ def fit_classifier(
         raise UserError(f"{lm_dir}: a backward language model; the classifier needs a forward one")
     limit = DRY_RUN_ROWS if cfg.dry_run else None
     train = read_labelled(train_spec, vocab, cfg, limit=limit)
-    if len(train.classes) < 2:
-        check_training_labels(train, train.path)
+    check_training_labels(train, train.path)
     if valid_spec is not None:
-        valid = read_labelled(valid_spec, vocab, cfg, classes=train.classes, limit=limit)
+        vcfg = replace(cfg, label_kind=train.kind)
+        valid = read_labelled(valid_spec, vocab, vcfg, classes=train.classes, limit=limit)
+        if train.kind == "float" and n_outputs(valid) != n_outputs(train):
+            raise UserError(
+                f"{valid.path}: {n_outputs(valid)} target column(s), but the training file "
+                f"has {n_outputs(train)}"
+            )
     else:
         if cfg.valid_pct <= 0:
             raise UserError("give a validation file or a valid_pct above 0")
@@ -455,7 +635,7 @@ def fit_classifier(
     _say(
         cfg,
         f"classifier: {len(train)} training, {len(valid)} validation documents, "
-        f"{len(train.classes)} classes, unknown tokens {100 * train.unk_rate:.2f}%",
+        f"{train.kind} target, {n_outputs(train)} outputs, unknown tokens {100 * train.unk_rate:.2f}%",
     )
 
     from ulmfit.loaders import ClassifierLoader, FewBatches
@@ -477,7 +657,8 @@ def fit_classifier(
 
     torch.manual_seed(cfg.seed)
     arch = classifier_arch(lm_config["architecture"])
-    model = build_classifier(len(vocab), len(train.classes), arch, cfg)
+    n_out = n_outputs(train)
+    model = build_classifier(len(vocab), n_out, arch, cfg)
     load_encoder(model, lm)
     del lm
     dev = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -493,7 +674,14 @@ def fit_classifier(
         progress=cfg.progress,
         verbose=cfg.verbose,
     )
-    learn = Learner(model, train_loader, valid_loader, ClassifierTask(), out_dir=work, config=tc)
+    learn = Learner(
+        model,
+        train_loader,
+        valid_loader,
+        ClassifierTask(loss_for(train.kind)),
+        out_dir=work,
+        config=tc,
+    )
     lr, moms, d = cfg.lr, tuple(cfg.moms), 2.6**4
     n_groups = len(learn.groups)
     try:
@@ -508,7 +696,18 @@ def fit_classifier(
         learn.fit_one_cycle(epochs, slice(lr / 10 / d, lr / 10), moms=moms)
 
         logits = predict_logits(model, valid, bs=cfg.bs)
-        m = metrics_of(valid.labels, logits.argmax(1), train.classes)
+        extra: dict = {
+            "label_cols": list(train_spec.label_cols or []),
+            "label_delim": train_spec.label_delim,
+        }
+        if train.kind == "multi":
+            # one threshold per label, tuned on the validation set; the metrics use them
+            thr = tune_thresholds(valid.labels, sigmoid(logits))
+            extra["thresholds"] = {c: float(t) for c, t in zip(train.classes, thr)}
+        elif train.kind == "float":
+            extra["targets"] = list(train.cols or [])
+        m, _ = predictions_of(train.kind, logits, valid.labels, {"classes": train.classes, **extra})
+        headline = {k: m[k] for k in SUMMARY_KEYS[train.kind]}
         report = {
             "task": "fit_classifier",
             "lm": str(lm_dir),
@@ -518,6 +717,7 @@ def fit_classifier(
                 "docs": len(valid),
                 "dropped_unseen_class": valid.dropped,
             },
+            "label_kind": train.kind,
             "classes": train.classes,
             "valid_metrics": m,
             "history": learn.history,
@@ -525,10 +725,21 @@ def fit_classifier(
             "dry_run": cfg.dry_run,
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        meta = {"trained": "fit_classifier", "lm": str(lm_dir), "valid_accuracy": m["accuracy"]}
+        meta = {"trained": "fit_classifier", "lm": str(lm_dir), "valid": headline}
         out_dir.mkdir(parents=True, exist_ok=True)
         with staged_dir(out_dir / MODEL_DIR, overwrite=False) as tmp:
-            write_classifier_files(tmp, model, vocab, train.classes, arch, cfg, meta)
+            write_classifier_files(
+                tmp,
+                model,
+                vocab,
+                train.classes,
+                arch,
+                cfg,
+                meta,
+                kind=train.kind,
+                n_out=n_out,
+                extra=extra,
+            )
 
         def _report(tmp: Path) -> None:
             (tmp / "metrics.json").write_text(json.dumps(report, indent=1), "utf-8")
@@ -546,8 +757,10 @@ def fit_classifier(
         "out": str(out_dir),
         "model": str(out_dir / MODEL_DIR),
         "report": str(out_dir / REPORT_DIR / "metrics.json"),
+        "label_kind": train.kind,
         "classes": train.classes,
-        "valid": {k: m[k] for k in ("n", "accuracy", "error_rate", "macro_f1")},
+        **({"thresholds": extra["thresholds"]} if "thresholds" in extra else {}),
+        "valid": headline,
         "seconds": report["seconds"],
     }
 
@@ -559,25 +772,49 @@ def _config_json(cfg: ClassifierConfig) -> dict:
 
 
 def evaluate(
-    run: Path | str, test_spec, *, bs: int = 64, device: str | None = None, dry_run: bool = False
+    run: Path | str,
+    test_spec,
+    *,
+    bs: int = 64,
+    device: str | None = None,
+    dry_run: bool = False,
+    label_kind: str | None = None,
 ) -> dict:
     """Metrics of the classifier in ``run`` on ``test_spec`` (labels checked against the
-    training classes) and its predictions in input order (``predictions``, ``rows``)."""
+    training classes) and its predictions in input order (``predictions``, ``rows``).
+
+    Single-label: accuracy, error_rate, macro_f1, per_class, confusion. Multi-label (with the
+    thresholds stored at training): micro_f1, macro_f1, roc_auc, per_class, per_class_f1.
+    Regression: mae, rmse (and per_target)."""
     model, vocab, config = load_classifier(run)
     classes = config["classes"]
-    cfg = ClassifierConfig(verbose=False)
+    kind = config.get("label_kind", "single")
+    if label_kind is not None and label_kind != kind:
+        raise UserError(f"{run}: the model was trained on {kind} labels, not {label_kind}")
+    if kind == "multi" and "thresholds" not in config:
+        raise UserError(f"{model_dir_of(run)}/config.json: multi-label model without thresholds")
+    cols = test_spec.label_cols or []
+    if kind == "multi" and test_spec.label_delim is None and len(cols) == 1:
+        # the delimiter of training, unless given
+        test_spec = replace(test_spec, label_delim=config.get("label_delim"))
+    cfg = ClassifierConfig(verbose=False, label_kind=kind)
     docs = read_labelled(
         test_spec, vocab, cfg, classes=classes, limit=DRY_RUN_ROWS if dry_run else None
     )
+    if kind == "float" and n_outputs(docs) != config["n_out"]:
+        raise UserError(
+            f"{docs.path}: {n_outputs(docs)} target column(s), but the model predicts "
+            f"{config['n_out']}"
+        )
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     logits = predict_logits(model, docs, bs=bs, device=dev)
-    pred = logits.argmax(1)
-    m = metrics_of(docs.labels, pred, classes)
+    m, predictions = predictions_of(kind, logits, docs.labels, config)
     return {
         "path": docs.path,
+        "label_kind": kind,
         **m,
         "unk_rate": docs.unk_rate,
-        "predictions": [classes[k] for k in pred],
+        "predictions": predictions,
         "rows": (docs.rows + 1).tolist(),  # 1-based input rows, as in error messages
         **({"dropped_unseen_class": docs.dropped} if dry_run else {}),
     }
@@ -620,11 +857,12 @@ def fit(
         if s is not None
     ]
     # every label file is checked in full (dry runs too) before anything is trained
-    _, labels, _, _ = read_labels(train_spec)
+    _, labels, _, _ = read_labels(train_spec, kind=cfg.label_kind)
     check_training_labels(labels, str(train_spec.path))
     for spec in (valid_spec, test_spec):
         if spec is not None:
-            read_labels(spec, labels.classes)
+            read_labels(spec, labels.classes, kind=labels.kind)
+    cfg = replace(cfg, label_kind=labels.kind)
     lm = finetune_lm(texts, pretrained, out_dir / LM_DIR, lm_cfg, vocab=vocab)
     result = {"lm": lm}
     result["classifier"] = fit_classifier(
@@ -635,7 +873,7 @@ def fit(
         rep = out_dir / REPORT_DIR
         (rep / "test.json").write_text(json.dumps(t, indent=1), "utf-8")
         write_report_files(rep, t, prefix="test_")
-        result["test"] = {k: t[k] for k in ("n", "accuracy", "error_rate", "macro_f1")}
+        result["test"] = {k: t[k] for k in SUMMARY_KEYS[t["label_kind"]]}
     result["out"] = str(out_dir)
     return result
 
@@ -647,5 +885,7 @@ __all__ = [
     "fit_classifier",
     "load_classifier",
     "metrics_of",
+    "multi_metrics",
+    "tune_thresholds",
     "read_labelled",
 ]
