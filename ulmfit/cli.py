@@ -460,19 +460,10 @@ def _add_lm_commands(sub) -> None:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     from ulmfit.baselines import format_report, run_baselines
-    from ulmfit.data.sources import SourceSpec
 
-    def spec(path: str) -> SourceSpec:
-        return SourceSpec(
-            path=_input_path(path),
-            text_cols=args.text_col,
-            label_cols=args.label_col or ["label"],
-            label_delim=args.label_delim,
-            fmt=args.format,
-            encoding=args.encoding,
-        )
-
-    result = run_baselines(spec(args.train), spec(args.test), kind=args.label_kind)
+    result = run_baselines(
+        _label_spec(args, args.train), _label_spec(args, args.test), kind=args.label_kind
+    )
     if args.json:
         print(json.dumps(result))
     else:
@@ -493,33 +484,7 @@ def _add_baseline_command(sub) -> None:
     )
     p.add_argument("--train", required=True, metavar="FILE", help="training file")
     p.add_argument("--test", required=True, metavar="FILE", help="test file")
-    p.add_argument(
-        "--text-col",
-        action="append",
-        metavar="COL",
-        help="text column (repeat for several, joined with xxfld markers; default: text)",
-    )
-    p.add_argument(
-        "--label-col",
-        action="append",
-        metavar="COL",
-        help="label column (repeat for several 0/1 columns or float targets; default: label)",
-    )
-    p.add_argument(
-        "--label-delim", metavar="SEP", help="several labels in one column separated by SEP"
-    )
-    p.add_argument(
-        "--label-kind",
-        choices=["single", "multi", "float"],
-        help="force the kind of target (default: inferred)",
-    )
-    p.add_argument(
-        "--format",
-        choices=["csv", "tsv", "jsonl", "parquet", "folder"],
-        help="input format of both files (default: from the file names)",
-    )
-    p.add_argument("--encoding", default="utf-8", help="text encoding of the input (default utf-8)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_labelled_file_options(p)
     p.set_defaults(func=cmd_baseline)
 
 
@@ -574,17 +539,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     )
     lm_cfg = None
     if args.lm_epochs is not None:
-        from ulmfit.tasks.language_model import FinetuneLMConfig
+        from ulmfit.tasks.classifier import lm_config_for
 
-        lm_cfg = FinetuneLMConfig(
-            epochs=args.lm_epochs,
-            device=cfg.device,
-            dry_run=cfg.dry_run,
-            progress=cfg.progress,
-            workers=cfg.workers,
-            cache_dir=cfg.cache_dir,
-            seed=cfg.seed,
-        )
+        lm_cfg = lm_config_for(cfg, epochs=args.lm_epochs)
     result = fit(
         _label_spec(args, args.train),
         args.pretrained,
@@ -649,7 +606,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_classifier_input_options(p: argparse.ArgumentParser) -> None:
+def _add_labelled_file_options(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that read labelled files (baseline, fit, evaluate)."""
     p.add_argument("--text-col", action="append", metavar="COL", help="text column (default text)")
     p.add_argument(
         "--label-col",
@@ -673,8 +631,12 @@ def _add_classifier_input_options(p: argparse.ArgumentParser) -> None:
         help="input format of every file (default: from the file names)",
     )
     p.add_argument("--encoding", default="utf-8", help="text encoding of the input (default utf-8)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_classifier_input_options(p: argparse.ArgumentParser) -> None:
+    _add_labelled_file_options(p)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
 def _add_classifier_commands(sub) -> None:

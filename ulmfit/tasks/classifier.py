@@ -406,19 +406,14 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
     return m
 
 
-def metrics_of(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
-    """n, accuracy, error_rate, macro_f1, per_class (precision, recall, f1, support) and the
-    confusion matrix (rows: true class, columns: predicted), names as in ``classes``."""
+def _per_class(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """Precision, recall, F1 and support of each class (or label, for 0/1 matrices)."""
     from sklearn.metrics import precision_recall_fscore_support
 
-    from ulmfit.baselines import single_label_metrics
-
-    m = single_label_metrics(y_true, y_pred, classes)
-    labels = list(range(len(classes)))
     p, r, f, s = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average=None, zero_division=0
+        y_true, y_pred, labels=list(range(len(classes))), average=None, zero_division=0
     )
-    per_class = {
+    return {
         c: {
             "precision": float(p[k]),
             "recall": float(r[k]),
@@ -427,6 +422,15 @@ def metrics_of(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> di
         }
         for k, c in enumerate(classes)
     }
+
+
+def metrics_of(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """n, accuracy, error_rate, macro_f1, per_class (precision, recall, f1, support) and the
+    confusion matrix (rows: true class, columns: predicted), names as in ``classes``."""
+    from ulmfit.baselines import single_label_metrics
+
+    m = single_label_metrics(y_true, y_pred, classes)
+    per_class = _per_class(y_true, y_pred, classes)
     return {
         "n": int(len(y_true)),
         "accuracy": m["accuracy"],
@@ -476,26 +480,14 @@ def multi_metrics(
 ) -> dict:
     """n, micro_f1, macro_f1, roc_auc (mean over labels with both classes present, None if
     none), per_class (precision, recall, f1, support, threshold) and per_class_f1."""
-    from sklearn.metrics import precision_recall_fscore_support
-
     from ulmfit.baselines import multi_label_metrics
 
     y_true = np.asarray(y_true).astype(int)
     pred = (probs >= np.asarray(thresholds)[None, :]).astype(int)
     m = multi_label_metrics(y_true, pred, probs, classes)
-    p, r, f, s = precision_recall_fscore_support(
-        y_true, pred, labels=list(range(len(classes))), average=None, zero_division=0
-    )
-    per_class = {
-        c: {
-            "precision": float(p[k]),
-            "recall": float(r[k]),
-            "f1": float(f[k]),
-            "support": int(s[k]),
-            "threshold": float(thresholds[k]),
-        }
-        for k, c in enumerate(classes)
-    }
+    per_class = _per_class(y_true, pred, classes)
+    for k, c in enumerate(classes):
+        per_class[c]["threshold"] = float(thresholds[k])
     auc = m["mean_auc"]
     return {
         "n": int(len(y_true)),
@@ -820,6 +812,23 @@ def evaluate(
     }
 
 
+def lm_config_for(cfg: ClassifierConfig, **changes) -> FinetuneLMConfig:  # noqa: F821
+    """The language-model fine-tuning settings that go with a classifier run: same device,
+    seed, workers, cache and output, fastai's LM defaults otherwise (``changes`` override)."""
+    from ulmfit.tasks.language_model import FinetuneLMConfig
+
+    return FinetuneLMConfig(
+        device=cfg.device,
+        dry_run=cfg.dry_run,
+        progress=cfg.progress,
+        verbose=cfg.verbose,
+        workers=cfg.workers,
+        cache_dir=cfg.cache_dir,
+        seed=cfg.seed,
+        **changes,
+    )
+
+
 def fit(
     train_spec,
     pretrained: Path | str,
@@ -836,21 +845,13 @@ def fit(
     (``RUN/report/test.json``, ``test_per_class.csv``, ``test_confusion.png``)."""
     from dataclasses import replace as dc_replace
 
-    from ulmfit.tasks.language_model import FinetuneLMConfig, finetune_lm
+    from ulmfit.tasks.language_model import finetune_lm
 
     cfg = cfg or ClassifierConfig()
     _check_config(cfg)
     out_dir = Path(out_dir)
     _check_target(out_dir)
-    lm_cfg = lm_cfg or FinetuneLMConfig(
-        device=cfg.device,
-        dry_run=cfg.dry_run,
-        progress=cfg.progress,
-        verbose=cfg.verbose,
-        workers=cfg.workers,
-        cache_dir=cfg.cache_dir,
-        seed=cfg.seed,
-    )
+    lm_cfg = lm_cfg or lm_config_for(cfg)
     texts = [
         dc_replace(s, label_cols=None, label_delim=None)
         for s in (train_spec, valid_spec)
