@@ -13,8 +13,9 @@ from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
 from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
 from ulmfit.models.io import save_model_dir
-from ulmfit.tasks.classifier import ClassifierConfig, fit, load_classifier
+from ulmfit.tasks.classifier import ClassifierConfig, load_classifier
 from ulmfit.tasks.language_model import tokenize_texts
+from ulmfit.tasks.run import fit
 from ulmfit.text.rules import SPECIAL_TOKENS
 
 

@@ -403,6 +403,24 @@ _RUN_EPILOG = (
 )
 
 
+def _add_vocab_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument(
+        "--keep-pretrained-vocab",
+        action="store_true",
+        default=None,
+        help="keep every token of the pretrained vocabulary (plus the target's own), so words "
+        "rare or absent in the target texts keep their pretrained embeddings (default: "
+        "fastai's vocabulary from the target texts only)",
+    )
+    if not prefix:
+        p.add_argument(
+            "--direction",
+            choices=["fwd", "bwd"],
+            help="direction of a fastai weights file (default: bwd if its name contains "
+            "'bwd'); a model directory knows its own",
+        )
+
+
 def _add_lm_commands(sub) -> None:
     p = sub.add_parser(
         "lm-eval",
@@ -449,6 +467,7 @@ def _add_lm_commands(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="DATA")
     p.add_argument("--pretrained", required=True, metavar="MODEL", help="model dir or fastai .pth")
     p.add_argument("--vocab", metavar="ITOS.pkl", help="vocabulary of a fastai .pth")
+    _add_vocab_options(p)
     _add_training_options(p, "finetune-lm")
     _add_input_options(p, labels=False)
     p.set_defaults(func=cmd_finetune_lm)
@@ -462,7 +481,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from ulmfit.baselines import format_report, run_baselines
 
     result = run_baselines(
-        _label_spec(args, args.train), _label_spec(args, args.test), kind=args.label_kind
+        _label_spec(args, args.train, ["label"]),
+        _label_spec(args, args.test, ["label"]),
+        kind=args.label_kind,
     )
     if args.json:
         print(json.dumps(result))
@@ -492,13 +513,15 @@ def _add_baseline_command(sub) -> None:
 # Classifiers: fit (the whole ULMFiT chain) and evaluate
 
 
-def _label_spec(args: argparse.Namespace, path: str):
+def _label_spec(args: argparse.Namespace, path: str, default_label: list[str] | None = None):
+    """The SourceSpec of a labelled file; ``default_label=None`` leaves an unset label column
+    unset (evaluate: the column of training)."""
     from ulmfit.data.sources import SourceSpec
 
     return SourceSpec(
         path=_input_path(path),
         text_cols=args.text_col,
-        label_cols=args.label_col or ["label"],
+        label_cols=args.label_col or default_label,
         label_delim=args.label_delim,
         fmt=args.format,
         encoding=args.encoding,
@@ -520,7 +543,10 @@ def _print_classifier_metrics(head: str, m: dict) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from ulmfit.tasks.classifier import ClassifierConfig, fit
+    from dataclasses import replace
+
+    from ulmfit.tasks.classifier import ClassifierConfig
+    from ulmfit.tasks.run import fit, lm_config_for
 
     if args.valid and args.valid_pct is not None:
         raise UserError("give --valid or --valid-pct, not both")
@@ -537,26 +563,38 @@ def cmd_fit(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         progress=False if args.json else None,
     )
-    lm_cfg = None
-    if args.lm_epochs is not None:
-        from ulmfit.tasks.classifier import lm_config_for
-
-        lm_cfg = lm_config_for(cfg, epochs=args.lm_epochs)
+    lm_given = {
+        k: v
+        for k, v in (
+            ("epochs", args.lm_epochs),
+            ("lr", args.lm_lr),
+            ("keep_pretrained_vocab", args.keep_pretrained_vocab),
+        )
+        if v is not None
+    }
+    train = _label_spec(args, args.train, ["label"])
+    unlabelled = [replace(_label_spec(args, u), label_cols=None) for u in args.unlabelled or []]
     result = fit(
-        _label_spec(args, args.train),
+        train,
         args.pretrained,
         args.out,
         vocab=args.vocab,
-        valid_spec=_label_spec(args, args.valid) if args.valid else None,
-        test_spec=_label_spec(args, args.test) if args.test else None,
+        valid_spec=_label_spec(args, args.valid, ["label"]) if args.valid else None,
+        test_spec=_label_spec(args, args.test, ["label"]) if args.test else None,
+        unlabelled=unlabelled,
         cfg=cfg,
-        lm_cfg=lm_cfg,
+        lm_cfg=lm_config_for(cfg, **lm_given),
+        direction=args.direction,
+        pretrained_bwd=args.pretrained_bwd,
+        vocab_bwd=args.vocab_bwd,
     )
     if args.json:
         print(json.dumps(result))
         return 0
     kind = result["classifier"]["label_kind"]
-    print(f"language model: {result['lm']['out']}")
+    for key in ("lm", "lm_bwd"):
+        if key in result:
+            print(f"language model: {result[key]['out']}")
     print(
         f"classifier: {result['classifier']['model']}  (report: {result['classifier']['report']})"
     )
@@ -571,7 +609,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     res = evaluate(
         args.run,
-        _label_spec(args, args.test),
+        _label_spec(args, args.test),  # unset columns: those of training
         bs=args.bs,
         device=args.device,
         label_kind=args.label_kind,
@@ -643,20 +681,49 @@ def _add_classifier_commands(sub) -> None:
     p = sub.add_parser(
         "fit",
         help="the whole ULMFiT chain: fine-tune the LM on the texts, then train a classifier",
-        description="Fine-tune --pretrained on the texts of --train (and --valid) into RUN/lm, "
-        "train a classifier (single-label, multi-label or regression) from it with gradual unfreezing (fastai's IMDb recipe) "
-        "into RUN/model (safetensors + vocab.json + config.json) with metrics in RUN/report, "
-        "then evaluate on --test if given.",
+        description="Fine-tune --pretrained on the texts of --train, --valid and --unlabelled "
+        "into RUN/lm, train a classifier (single-label, multi-label or regression) from it "
+        "with gradual unfreezing (fastai's IMDb recipe) into RUN/model (safetensors + "
+        "vocab.json + config.json) with metrics in RUN/report, then evaluate on --test if "
+        "given. --direction bwd / both: the same with a backward LM (RUN/lm_bwd), both "
+        "averaging the two classifiers. Each stage is cached: re-running into the same RUN "
+        "redoes only the stages whose inputs or settings changed, and continues an "
+        "interrupted one from its last epoch.",
     )
     p.add_argument("--train", required=True, metavar="FILE", help="labelled training file")
     p.add_argument("--valid", metavar="FILE", help="labelled validation file")
     p.add_argument("--valid-pct", type=float, help="share of training rows held out (default 0.1)")
     p.add_argument("--test", metavar="FILE", help="labelled test file, evaluated at the end")
-    p.add_argument("--pretrained", required=True, metavar="MODEL", help="model dir or fastai .pth")
+    p.add_argument(
+        "--unlabelled",
+        action="append",
+        metavar="FILE",
+        help="more texts for LM fine-tuning only (repeatable; its --text-col as the others)",
+    )
+    p.add_argument("--pretrained", metavar="MODEL", help="forward LM: model dir or fastai .pth")
     p.add_argument("--vocab", metavar="ITOS.pkl", help="vocabulary of a fastai .pth")
+    p.add_argument(
+        "--direction",
+        choices=["fwd", "bwd", "both"],
+        default="fwd",
+        help="forward classifier, backward (documents read in reverse, from "
+        "--pretrained-bwd), or both with their probabilities averaged (default fwd)",
+    )
+    p.add_argument(
+        "--pretrained-bwd",
+        metavar="MODEL",
+        help="backward LM ('ulmfit pretrain --backwards', or fastai's lstm_bwd.pth)",
+    )
+    p.add_argument(
+        "--vocab-bwd",
+        metavar="ITOS.pkl",
+        help="vocabulary of a backward fastai .pth (default --vocab)",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder")
     p.add_argument("--epochs", type=int, help="classifier epochs after unfreezing (default 2)")
     p.add_argument("--lm-epochs", type=int, help="LM fine-tuning epochs, unfrozen (default 10)")
+    p.add_argument("--lm-lr", type=float, help="LM fine-tuning peak rate, unfrozen (2e-3)")
+    _add_vocab_options(p, prefix="lm")
     p.add_argument("--lr", type=float, help="classifier peak rate of the first stage (2e-2)")
     p.add_argument("--bs", type=int, help="classifier batch size (default 64)")
     p.add_argument("--drop-mult", type=float, help="classifier dropout scale (default 0.5)")

@@ -160,6 +160,24 @@ class LinBnDrop(nn.Sequential):
         super().__init__(*layers)
 
 
+def masked_ar_tar(out: Tensor, pad: Tensor, alpha: float, beta: float) -> Tensor:
+    """fastai's AR/TAR penalties on a classifier's encoder outputs ``(bs, seq, emb)``, over
+    real tokens only: ``pad`` marks padding, whose outputs carry no signal to regularise.
+    AR: ``alpha`` times the mean squared activation; TAR: ``beta`` times the mean squared
+    step between consecutive real positions."""
+    real = (~pad).unsqueeze(-1).to(out.dtype)
+    loss = out.new_zeros((), dtype=torch.float32)
+    n = real.sum() * out.size(-1)
+    if alpha and n > 0:
+        loss = loss + alpha * (out.float().pow(2) * real).sum() / n
+    if beta and out.size(1) > 1:
+        both = real[:, 1:] * real[:, :-1]
+        m = both.sum() * out.size(-1)
+        if m > 0:
+            loss = loss + beta * ((out[:, 1:] - out[:, :-1]).float().pow(2) * both).sum() / m
+    return loss
+
+
 class PoolingLinearClassifier(nn.Module):
     """fastai's classifier head on pooled features: one :class:`LinBnDrop` block per pair of
     ``dims`` with dropout ``ps[i]``, ReLU after every block but the last."""

@@ -326,12 +326,22 @@ def read_vocab_file(path: Path | str) -> list[str]:
     return read_itos(path)
 
 
+_DIRECTION_NAMES = {"fwd": "forward", "bwd": "backward"}
+
+
 def load_lm(
-    spec: str | Path, vocab: str | Path | None = None, drop_mult: float | None = None
+    spec: str | Path,
+    vocab: str | Path | None = None,
+    drop_mult: float | None = None,
+    direction: str | None = None,
 ) -> tuple[LanguageModel, list[str], dict]:
     """``(model, vocab, source_info)`` from a model directory, or a fastai ``.pth`` with
     ``vocab`` (its itos pickle). ``source_info`` says what was loaded (kind, paths, direction,
-    architecture) for reports."""
+    architecture) for reports. A fastai file does not say its direction: ``direction``, or
+    "bwd" when its name contains "bwd" (fastai's ``lstm_bwd.pth``); a model directory's must
+    equal ``direction`` when that is given."""
+    if direction is not None and direction not in DIRECTIONS:
+        raise UserError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
     from ulmfit.models.pretrained import from_fastai, read_fastai_state, with_aliases
 
     path = Path(spec)
@@ -343,6 +353,11 @@ def load_lm(
                 f"{path}: a model directory has its own {VOCAB_FILE}; --vocab is only for fastai .pth files"
             )
         model, itos, config = load_model_dir(path, drop_mult)
+        if direction is not None and config["direction"] != direction:
+            raise UserError(
+                f"{path}: a {_DIRECTION_NAMES[config['direction']]} language model, but a "
+                f"{_DIRECTION_NAMES[direction]} one is needed here"
+            )
         info = {
             "kind": "model_dir",
             "path": str(path),
@@ -370,7 +385,8 @@ def load_lm(
     if missing or unexpected:
         raise UserError(f"{path}: could not map {missing or unexpected}")
     model.eval()
-    direction = "bwd" if "bwd" in path.name.lower() else "fwd"
+    if direction is None:
+        direction = "bwd" if "bwd" in path.name.lower() else "fwd"
     info = {
         "kind": "fastai",
         "path": str(path),

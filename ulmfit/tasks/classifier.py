@@ -17,7 +17,7 @@ validation batches sorted by length; predictions are put back in input order.
 
 The run folder::
 
-    RUN/lm/       the fine-tuned language model (``ulmfit fit`` only; see finetune_lm)
+    RUN/lm/       the fine-tuned language model (``ulmfit fit`` only; see ulmfit.tasks.run)
     RUN/model/    the exported classifier: model.safetensors, vocab.json, config.json
                   (task "classifier", label kind, classes, architecture); no pickle
     RUN/report/   metrics.json (validation metrics, history, settings), per_class.csv,
@@ -28,9 +28,12 @@ The run folder::
 predictions in input order. A test label never seen in training is a UserError naming it and
 its row; training data with a single class is a UserError too.
 
-Differences from fastai: no AR/TAR penalty on the classifier's encoder outputs (fastai's
-``RNNRegularizer`` applies alpha=2, beta=1 there too); no resume of an interrupted classifier
-run (the LM stage of ``ulmfit fit`` is resumable on its own folder).
+AR/TAR: as fastai's ``RNNRegularizer`` on a classifier (alpha 2, beta 1), but over the encoder
+outputs of real tokens only (fastai's also count the padded positions of the first chunk).
+A backward LM gives a backward classifier: every document is read in reverse, in training
+and at prediction (``config.json`` says ``"direction": "bwd"``). An interrupted classifier
+run with a ``stage_key`` continues from its last epoch checkpoint (``ulmfit fit`` passes one;
+see ``ulmfit.tasks.run``).
 
 Multi-label targets (``--label-delim`` in one column, or several 0/1 columns): one output per
 label trained with BCE-with-logits; after training one threshold per label is tuned on the
@@ -77,6 +80,8 @@ class ClassifierConfig:
     drop_mult: float = 0.5
     wd: float = 0.01
     moms: tuple[float, float, float] = (0.8, 0.7, 0.8)
+    alpha: float = 2.0  # AR on the encoder outputs of real tokens (fastai's TextLearner)
+    beta: float = 1.0  # TAR on them
     bptt: int = 72
     max_len: int = 72 * 20
     valid_pct: float = 0.1  # used when no validation file is given
@@ -210,10 +215,16 @@ def read_labelled(
     cfg: ClassifierConfig,
     classes: list[str] | None = None,
     limit: int | None = None,
+    direction: str = "fwd",
 ) -> LabelledDocs:
     """Read, tokenize (cached) and label ``spec`` (see :func:`read_labels`); ids in
-    ``vocab`` (unknown -> 0)."""
-    from ulmfit.tasks.language_model import read_token_corpus, tokenize_texts, vocab_map
+    ``vocab`` (unknown -> 0), each document reversed for a backward model."""
+    from ulmfit.tasks.language_model import (
+        read_token_corpus,
+        reverse_docs,
+        tokenize_texts,
+        vocab_map,
+    )
 
     texts, labels, rows, dropped = read_labels(spec, classes, limit, kind=cfg.label_kind)
     if limit is not None:
@@ -226,6 +237,8 @@ def read_labelled(
     offsets = np.asarray(corpus.offsets, dtype=np.int64)
     ids = table[np.asarray(corpus.ids[offsets[0] : offsets[-1]], dtype=np.int64)]
     offsets = offsets - offsets[0]
+    if direction == "bwd":
+        ids = reverse_docs(ids, offsets)
     return LabelledDocs(
         ids=ids,
         offsets=offsets,
@@ -301,6 +314,7 @@ def write_classifier_files(
     kind: str = "single",
     n_out: int | None = None,
     extra: dict | None = None,
+    direction: str = "fwd",
 ) -> dict:
     from safetensors.torch import save_file
 
@@ -327,7 +341,7 @@ def write_classifier_files(
             "lin_ftrs": [50],
         },
         "vocab_size": len(vocab),
-        "direction": "fwd",
+        "direction": direction,
         "tokenizer": tokenizer_settings(),
         "ulmfit_version": __version__,
         "config": _jsonable(cfg),
@@ -577,6 +591,41 @@ def write_report_files(folder: Path, m: dict, prefix: str = "") -> None:
 # ----------------------------------------------------------------------------------------
 
 
+WORK_DIR = ".classifier-train"  # checkpoint and logs while a classifier trains
+VALID_OUTPUTS = "valid_outputs.npz"  # rows, logits, labels of the validation documents
+_STAGE_FILE = "stage_key"
+
+
+def _open_work(work: Path, stage_key: str | None, cfg: ClassifierConfig) -> bool:
+    """Whether to resume the interrupted training in ``work`` (same ``stage_key``);
+    otherwise ``work`` is emptied and stamped with the key."""
+    from ulmfit.train.learner import CHECKPOINT
+
+    if stage_key is not None and (work / CHECKPOINT).is_file():
+        try:
+            same = (work / _STAGE_FILE).read_text(encoding="utf-8").strip() == stage_key
+        except OSError:
+            same = False
+        if same:
+            _say(cfg, f"classifier: continuing the interrupted training in {work}")
+            return True
+    if work.exists():
+        shutil.rmtree(work)
+    if stage_key is not None:
+        work.mkdir(parents=True)
+        (work / _STAGE_FILE).write_text(stage_key, encoding="utf-8")
+    return False
+
+
+def clear_report(out_dir: Path, overwrite: bool) -> bool:
+    """With ``overwrite``, remove a previous report folder of ``out_dir`` (one holding
+    metrics.json, nothing else is touched) so the new one can take its place."""
+    rep = out_dir / REPORT_DIR
+    if overwrite and rep.is_dir() and (rep / "metrics.json").is_file():
+        shutil.rmtree(rep)
+    return False
+
+
 def _check_target(out_dir: Path) -> None:
     for name in (MODEL_DIR, REPORT_DIR):
         p = out_dir / name
@@ -591,29 +640,39 @@ def fit_classifier(
     cfg: ClassifierConfig | None = None,
     *,
     valid_spec=None,
+    overwrite: bool = False,
+    stage_key: str | None = None,
 ) -> dict:
     """Train a classifier on ``train_spec`` from the fine-tuned LM in ``lm_dir``; write
     ``out_dir/model`` and ``out_dir/report`` (see the module docstring). Validation is
-    ``valid_spec``, or ``cfg.valid_pct`` of the training rows (seeded). Returns a summary."""
+    ``valid_spec``, or ``cfg.valid_pct`` of the training rows (seeded). Returns a summary.
+
+    A backward LM gives a backward classifier (every document read in reverse). Training runs
+    in ``out_dir/.classifier-train`` with a checkpoint per epoch; when ``stage_key`` (a digest
+    of everything the result depends on) is given and an interrupted run with the same key is
+    found there, it continues from its last checkpoint instead of starting over."""
     from ulmfit.models.classifier import load_encoder
     from ulmfit.models.io import load_model_dir, staged_dir
     from ulmfit.tasks.language_model import split_docs
     from ulmfit.train import ClassifierTask, Learner, TrainConfig
+    from ulmfit.train.learner import CHECKPOINT
 
     cfg = cfg or ClassifierConfig()
     _check_config(cfg)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    _check_target(out_dir)
+    if not overwrite:
+        _check_target(out_dir)
     lm, vocab, lm_config = load_model_dir(lm_dir)
-    if lm_config.get("direction", "fwd") != "fwd":
-        raise UserError(f"{lm_dir}: a backward language model; the classifier needs a forward one")
+    direction = lm_config.get("direction", "fwd")
     limit = DRY_RUN_ROWS if cfg.dry_run else None
-    train = read_labelled(train_spec, vocab, cfg, limit=limit)
+    train = read_labelled(train_spec, vocab, cfg, limit=limit, direction=direction)
     check_training_labels(train, train.path)
     if valid_spec is not None:
         vcfg = replace(cfg, label_kind=train.kind)
-        valid = read_labelled(valid_spec, vocab, vcfg, classes=train.classes, limit=limit)
+        valid = read_labelled(
+            valid_spec, vocab, vcfg, classes=train.classes, limit=limit, direction=direction
+        )
         if train.kind == "float" and n_outputs(valid) != n_outputs(train):
             raise UserError(
                 f"{valid.path}: {n_outputs(valid)} target column(s), but the training file "
@@ -626,7 +685,7 @@ def fit_classifier(
         train, valid = _subset(train, tr_idx), _subset(train, va_idx)
     _say(
         cfg,
-        f"classifier: {len(train)} training, {len(valid)} validation documents, "
+        f"classifier ({direction}): {len(train)} training, {len(valid)} validation documents, "
         f"{train.kind} target, {n_outputs(train)} outputs, unknown tokens {100 * train.unk_rate:.2f}%",
     )
 
@@ -654,9 +713,8 @@ def fit_classifier(
     load_encoder(model, lm)
     del lm
     dev = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    work = out_dir / ".classifier-train"
-    if work.exists():
-        shutil.rmtree(work)
+    work = out_dir / WORK_DIR
+    resume = _open_work(work, stage_key, cfg)
     tc = TrainConfig(
         moms=tuple(cfg.moms),
         wd=cfg.wd,
@@ -670,27 +728,29 @@ def fit_classifier(
         model,
         train_loader,
         valid_loader,
-        ClassifierTask(loss_for(train.kind)),
+        ClassifierTask(loss_for(train.kind), alpha=cfg.alpha, beta=cfg.beta),
         out_dir=work,
         config=tc,
     )
     lr, moms, d = cfg.lr, tuple(cfg.moms), 2.6**4
     n_groups = len(learn.groups)
+    finished = False
     try:
         learn.freeze_to(-1)
-        learn.fit_one_cycle(1, lr, moms=moms)
+        learn.fit_one_cycle(1, lr, moms=moms, resume=resume)
         for k, lr_k in ((2, lr), (3, lr / 2)):
             if n_groups > k:
                 learn.freeze_to(-k)
-                learn.fit_one_cycle(1, slice(lr_k / d, lr_k), moms=moms)
+                learn.fit_one_cycle(1, slice(lr_k / d, lr_k), moms=moms, resume=resume)
         learn.unfreeze()
         epochs = 1 if cfg.dry_run else cfg.epochs
-        learn.fit_one_cycle(epochs, slice(lr / 10 / d, lr / 10), moms=moms)
+        learn.fit_one_cycle(epochs, slice(lr / 10 / d, lr / 10), moms=moms, resume=resume)
 
         logits = predict_logits(model, valid, bs=cfg.bs)
         extra: dict = {
             "label_cols": list(train_spec.label_cols or []),
             "label_delim": train_spec.label_delim,
+            "text_cols": list(train_spec.text_cols or []),
         }
         if train.kind == "multi":
             # one threshold per label, tuned on the validation set; the metrics use them
@@ -709,6 +769,7 @@ def fit_classifier(
                 "docs": len(valid),
                 "dropped_unseen_class": valid.dropped,
             },
+            "direction": direction,
             "label_kind": train.kind,
             "classes": train.classes,
             "valid_metrics": m,
@@ -719,7 +780,7 @@ def fit_classifier(
         }
         meta = {"trained": "fit_classifier", "lm": str(lm_dir), "valid": headline}
         out_dir.mkdir(parents=True, exist_ok=True)
-        with staged_dir(out_dir / MODEL_DIR, overwrite=False) as tmp:
+        with staged_dir(out_dir / MODEL_DIR, overwrite=overwrite) as tmp:
             write_classifier_files(
                 tmp,
                 model,
@@ -731,20 +792,26 @@ def fit_classifier(
                 kind=train.kind,
                 n_out=n_out,
                 extra=extra,
+                direction=direction,
             )
 
         def _report(tmp: Path) -> None:
             (tmp / "metrics.json").write_text(json.dumps(report, indent=1), "utf-8")
+            # raw validation outputs, so that an ensemble can be scored without re-predicting
+            np.savez(tmp / VALID_OUTPUTS, rows=valid.rows, logits=logits, labels=valid.labels)
             write_report_files(tmp, m)
             (tmp / "train").mkdir()
             for f in work.iterdir():
                 if f.suffix != ".pt":  # the checkpoint is a pickle: not kept
                     shutil.move(str(f), tmp / "train" / f.name)
 
-        with staged_dir(out_dir / REPORT_DIR, overwrite=False) as tmp:
+        with staged_dir(out_dir / REPORT_DIR, overwrite=clear_report(out_dir, overwrite)) as tmp:
             _report(tmp)
+        finished = True
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        # an interrupted run with a key keeps its checkpoint for the next attempt
+        if finished or stage_key is None or not (work / CHECKPOINT).exists():
+            shutil.rmtree(work, ignore_errors=True)
     return {
         "out": str(out_dir),
         "model": str(out_dir / MODEL_DIR),
@@ -763,6 +830,33 @@ def _config_json(cfg: ClassifierConfig) -> dict:
     return _jsonable(cfg)
 
 
+def _read_for(config: dict, test_spec, vocab, classes, kind, dry_run: bool) -> LabelledDocs:
+    """The labelled documents of ``test_spec`` as the model of ``config`` reads them."""
+    cfg = ClassifierConfig(verbose=False, label_kind=kind)
+    return read_labelled(
+        test_spec,
+        vocab,
+        cfg,
+        classes=classes,
+        limit=DRY_RUN_ROWS if dry_run else None,
+        direction=config.get("direction", "fwd"),
+    )
+
+
+def with_saved_columns(spec, config: dict):
+    """``spec`` with the text / label columns and label delimiter of training where it leaves
+    them unset, so that a test file laid out like the training file needs no options."""
+    changes = {}
+    if spec.label_cols is None:
+        changes["label_cols"] = list(config.get("label_cols") or []) or ["label"]
+    if spec.text_cols is None and config.get("text_cols"):
+        changes["text_cols"] = list(config["text_cols"])
+    cols = changes.get("label_cols", spec.label_cols) or []
+    if config.get("label_kind") == "multi" and spec.label_delim is None and len(cols) == 1:
+        changes["label_delim"] = config.get("label_delim")
+    return replace(spec, **changes) if changes else spec
+
+
 def evaluate(
     run: Path | str,
     test_spec,
@@ -773,33 +867,34 @@ def evaluate(
     label_kind: str | None = None,
 ) -> dict:
     """Metrics of the classifier in ``run`` on ``test_spec`` (labels checked against the
-    training classes) and its predictions in input order (``predictions``, ``rows``).
+    training classes) and its predictions in input order (``predictions``, ``rows``). Columns
+    ``test_spec`` leaves unset are those of training. An ensemble (``ulmfit fit --direction
+    both``) averages its members' probabilities.
 
     Single-label: accuracy, error_rate, macro_f1, per_class, confusion. Multi-label (with the
     thresholds stored at training): micro_f1, macro_f1, roc_auc, per_class, per_class_f1.
     Regression: mae, rmse (and per_target)."""
-    model, vocab, config = load_classifier(run)
+    from ulmfit.tasks.ensemble import load_members, mean_outputs
+
+    config, members = load_members(run)
     classes = config["classes"]
     kind = config.get("label_kind", "single")
     if label_kind is not None and label_kind != kind:
         raise UserError(f"{run}: the model was trained on {kind} labels, not {label_kind}")
     if kind == "multi" and "thresholds" not in config:
         raise UserError(f"{model_dir_of(run)}/config.json: multi-label model without thresholds")
-    cols = test_spec.label_cols or []
-    if kind == "multi" and test_spec.label_delim is None and len(cols) == 1:
-        # the delimiter of training, unless given
-        test_spec = replace(test_spec, label_delim=config.get("label_delim"))
-    cfg = ClassifierConfig(verbose=False, label_kind=kind)
-    docs = read_labelled(
-        test_spec, vocab, cfg, classes=classes, limit=DRY_RUN_ROWS if dry_run else None
-    )
-    if kind == "float" and n_outputs(docs) != config["n_out"]:
-        raise UserError(
-            f"{docs.path}: {n_outputs(docs)} target column(s), but the model predicts "
-            f"{config['n_out']}"
-        )
+    test_spec = with_saved_columns(test_spec, config)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    logits = predict_logits(model, docs, bs=bs, device=dev)
+    outputs, docs = [], None
+    for model, vocab, mconfig in members:
+        docs = _read_for(mconfig, test_spec, vocab, classes, kind, dry_run)
+        if kind == "float" and n_outputs(docs) != config["n_out"]:
+            raise UserError(
+                f"{docs.path}: {n_outputs(docs)} target column(s), but the model predicts "
+                f"{config['n_out']}"
+            )
+        outputs.append(predict_logits(model, docs, bs=bs, device=dev))
+    logits = mean_outputs(kind, outputs)
     m, predictions = predictions_of(kind, logits, docs.labels, config)
     return {
         "path": docs.path,
@@ -812,77 +907,9 @@ def evaluate(
     }
 
 
-def lm_config_for(cfg: ClassifierConfig, **changes) -> FinetuneLMConfig:  # noqa: F821
-    """The language-model fine-tuning settings that go with a classifier run: same device,
-    seed, workers, cache and output, fastai's LM defaults otherwise (``changes`` override)."""
-    from ulmfit.tasks.language_model import FinetuneLMConfig
-
-    return FinetuneLMConfig(
-        device=cfg.device,
-        dry_run=cfg.dry_run,
-        progress=cfg.progress,
-        verbose=cfg.verbose,
-        workers=cfg.workers,
-        cache_dir=cfg.cache_dir,
-        seed=cfg.seed,
-        **changes,
-    )
-
-
-def fit(
-    train_spec,
-    pretrained: Path | str,
-    out_dir: Path | str,
-    *,
-    vocab: Path | str | None = None,
-    valid_spec=None,
-    test_spec=None,
-    cfg: ClassifierConfig | None = None,
-    lm_cfg=None,
-) -> dict:
-    """The whole ULMFiT chain: fine-tune ``pretrained`` on the texts of train (+ valid) into
-    ``RUN/lm``, train the classifier into ``RUN``, then evaluate on ``test_spec`` if given
-    (``RUN/report/test.json``, ``test_per_class.csv``, ``test_confusion.png``)."""
-    from dataclasses import replace as dc_replace
-
-    from ulmfit.tasks.language_model import finetune_lm
-
-    cfg = cfg or ClassifierConfig()
-    _check_config(cfg)
-    out_dir = Path(out_dir)
-    _check_target(out_dir)
-    lm_cfg = lm_cfg or lm_config_for(cfg)
-    texts = [
-        dc_replace(s, label_cols=None, label_delim=None)
-        for s in (train_spec, valid_spec)
-        if s is not None
-    ]
-    # every label file is checked in full (dry runs too) before anything is trained
-    _, labels, _, _ = read_labels(train_spec, kind=cfg.label_kind)
-    check_training_labels(labels, str(train_spec.path))
-    for spec in (valid_spec, test_spec):
-        if spec is not None:
-            read_labels(spec, labels.classes, kind=labels.kind)
-    cfg = replace(cfg, label_kind=labels.kind)
-    lm = finetune_lm(texts, pretrained, out_dir / LM_DIR, lm_cfg, vocab=vocab)
-    result = {"lm": lm}
-    result["classifier"] = fit_classifier(
-        train_spec, out_dir / LM_DIR, out_dir, cfg, valid_spec=valid_spec
-    )
-    if test_spec is not None:
-        t = evaluate(out_dir, test_spec, bs=cfg.bs, device=cfg.device, dry_run=cfg.dry_run)
-        rep = out_dir / REPORT_DIR
-        (rep / "test.json").write_text(json.dumps(t, indent=1), "utf-8")
-        write_report_files(rep, t, prefix="test_")
-        result["test"] = {k: t[k] for k in SUMMARY_KEYS[t["label_kind"]]}
-    result["out"] = str(out_dir)
-    return result
-
-
 __all__ = [
     "ClassifierConfig",
     "evaluate",
-    "fit",
     "fit_classifier",
     "load_classifier",
     "metrics_of",

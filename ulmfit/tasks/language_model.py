@@ -135,6 +135,13 @@ def vocab_map(src: Sequence[str], dst: Sequence[str]) -> np.ndarray:
     return np.fromiter((stoi.get(t, 0) for t in src), dtype=np.int64, count=len(src))
 
 
+def union_vocab(pretrained: Sequence[str], target: Sequence[str]) -> list[str]:
+    """The pretrained vocabulary (same order, so its rows copy one to one) followed by the
+    target tokens it lacks, in the target's order."""
+    have = set(pretrained)
+    return [*pretrained, *(t for t in target if t not in have)]
+
+
 def reverse_docs(ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Every document's tokens in reverse order (documents stay where they are)."""
     offsets = np.asarray(offsets, dtype=np.int64)
@@ -378,6 +385,11 @@ class FinetuneLMConfig(LMTrainConfig):
 
     frozen_epochs: int = 1
     frozen_lr: float = 2e-2
+    # False: fastai's vocabulary, from the target texts only. True: every pretrained token
+    # too, so words the target texts never (or rarely) show keep their pretrained rows.
+    keep_pretrained_vocab: bool = False
+    # the pretrained model's direction; None: its own (a fastai file: "bwd" in its name)
+    direction: str | None = None
 
 
 @dataclass
@@ -836,7 +848,8 @@ def _load_pretrained(pretrained: str | Path, vocab: str | Path | None, cfg: Fine
     from ulmfit.cache import file_sha256
     from ulmfit.models.io import MODEL_FILE, load_lm
 
-    base, old_vocab, source = load_lm(pretrained, vocab, drop_mult=cfg.drop_mult)
+    direction = getattr(cfg, "direction", None)
+    base, old_vocab, source = load_lm(pretrained, vocab, cfg.drop_mult, direction)
     path = Path(source["path"])
     weights = path / MODEL_FILE if source["kind"] == "model_dir" else path
     h = hashlib.sha256()
@@ -858,11 +871,14 @@ def _finetune_setup(specs: list, loaded: tuple, cfg: FinetuneLMConfig) -> _Setup
         if cfg.dry_run:
             specs = head_specs(specs, DRY_RUN_ROWS, Path(scratch))
         data = _prepare(specs, cfg)
-        new_vocab = data.vocab
-        counts = np.bincount(np.asarray(data.ids), minlength=len(new_vocab))
+        new_vocab, ids = data.vocab, data.ids
+        if cfg.keep_pretrained_vocab:
+            new_vocab = union_vocab(old_vocab, data.vocab)
+            ids = vocab_map(data.vocab, new_vocab)[np.asarray(data.ids)]
+        counts = np.bincount(np.asarray(ids), minlength=len(new_vocab))
         train_idx, valid_idx = split_docs(len(data), cfg.valid_pct, cfg.seed)
-        train_ids, train_off = gather_docs(data.ids, data.offsets, train_idx)
-        valid_ids, valid_off = gather_docs(data.ids, data.offsets, valid_idx)
+        train_ids, train_off = gather_docs(ids, data.offsets, train_idx)
+        valid_ids, valid_off = gather_docs(ids, data.offsets, valid_idx)
     if backwards:
         train_ids = reverse_docs(train_ids, train_off)
         valid_ids = reverse_docs(valid_ids, valid_off)

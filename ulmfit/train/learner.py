@@ -164,6 +164,8 @@ class ClassifierTask:
     """
 
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
+    alpha: float = 0.0  # AR on the kept encoder outputs (fastai's classifier learner: 2)
+    beta: float = 0.0  # TAR on them (fastai: 1)
 
     def begin_epoch(self, model: nn.Module, training: bool) -> None:
         pass
@@ -174,8 +176,14 @@ class ClassifierTask:
 
     def train_step(self, model: nn.Module, batch: Sequence[Any]) -> StepOutput:
         x, y = batch[0], batch[1]
-        loss = self.loss_fn(self._logits(model(x)).float(), y)
-        return StepOutput(loss, len(y), {})
+        ce = self.loss_fn(self._logits(model(x)).float(), y)
+        loss = ce
+        out, mask = getattr(model, "out", None), getattr(model, "out_mask", None)
+        if (self.alpha or self.beta) and out is not None and mask is not None:
+            from ulmfit.models.classifier import masked_ar_tar
+
+            loss = ce + masked_ar_tar(out, mask, self.alpha, self.beta)
+        return StepOutput(loss, len(y), {"loss": ce.detach()})
 
     def eval_step(self, model: nn.Module, batch: Sequence[Any]) -> dict[str, float | Tensor]:
         x, y = batch[0], batch[1]

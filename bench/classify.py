@@ -1,0 +1,234 @@
+"""ULMFiT classifiers against NB-SVM and TF-IDF + LR on the shared datasets (CPU).
+
+For one dataset: `ulmfit baseline` and `ulmfit fit` from wiki30k_fwd on the same train/test
+files, each test set scored once, settings chosen on train/validation only. Appends a section
+to bench/RESULTS.md with the exact commands, the wall time of each, and the metrics.
+
+    .venv/bin/python bench/classify.py trec6 [--run-dir DIR] [--no-write] [-- FIT OPTIONS...]
+
+Datasets: trec6 (official 5,452 / 500 split; validation = 10% of train, seeded), sst2
+(official train / valid / test), mr (no official split: a fixed seeded split written to the
+run folder, see SPLITS), goemotions (official train / valid / test; multi-label, macro-F1),
+imdb (a documented subset of the official train / test: see SPLITS).
+Everything after `--` is passed to `ulmfit fit` (e.g. `--lm-epochs 4 --keep-pretrained-vocab`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/ holds tokenize.py (named by the issue), which would shadow the standard library's
+# tokenize module: take this folder off the import path.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import gzip  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA = SHARED / "data"
+MODEL = SHARED / "models" / "wiki30k_fwd"
+ULMFIT = str(Path(sys.executable).parent / "ulmfit")
+
+# Fixed splits of the datasets without a usable official one (seed 0, Python's random).
+SPLITS = {
+    "mr": "all 10,662 rows shuffled with random.Random(0); the last 1,066 (10%) are the test "
+    "set, the other 9,596 the training set (validation: 10% of those, as fit's --valid-pct)",
+    "imdb": "random.Random(0) samples 2,000 rows of the official train set and 2,000 of the "
+    "official test set (balanced by chance, counts below); LM fine-tuning also reads 8,000 "
+    "rows sampled from unsup with random.Random(1)",
+}
+
+
+def _read(path: Path) -> tuple[list[str], list[dict]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8") as f:
+        r = csv.DictReader(f)
+        return list(r.fieldnames or []), list(r)
+
+
+def _write(path: Path, fields: list[str], rows: list[dict]) -> str:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+def dataset(name: str, work: Path) -> dict:
+    """Files and options of one dataset: train / valid / test / unlabelled, label options,
+    the metric reported, and what the split is."""
+    if name == "trec6":
+        d = DATA / "trec6"
+        return {"train": d / "train.csv", "test": d / "test.csv", "split": "official"}
+    if name == "sst2":
+        d = DATA / "sst2"
+        return {
+            "train": d / "train.csv",
+            "valid": d / "valid.csv",
+            "test": d / "test.csv",
+            "split": "official (sentence level)",
+        }
+    if name == "mr":
+        fields, rows = _read(DATA / "mr" / "train.csv")
+        random.Random(0).shuffle(rows)
+        n_test = len(rows) // 10
+        return {
+            "train": _write(work / "mr_train.csv", fields, rows[:-n_test]),
+            "test": _write(work / "mr_test.csv", fields, rows[-n_test:]),
+            "split": SPLITS["mr"],
+        }
+    if name == "goemotions":
+        d = DATA / "goemotions"
+        return {
+            "train": d / "train.csv",
+            "valid": d / "valid.csv",
+            "test": d / "test.csv",
+            "label": ["--label-col", "labels", "--label-delim", " "],
+            "split": "official",
+        }
+    if name == "imdb":
+        d = DATA / "imdb"
+        fields, train = _read(d / "train.csv.gz")
+        _, test = _read(d / "test.csv.gz")
+        _, unsup = _read(d / "unsup.csv.gz")
+        rng = random.Random(0)
+        train, test = rng.sample(train, 2000), rng.sample(test, 2000)
+        unsup = random.Random(1).sample(unsup, 8000)
+        return {
+            "train": _write(work / "imdb_train.csv", fields, train),
+            "test": _write(work / "imdb_test.csv", fields, test),
+            "unlabelled": _write(work / "imdb_unsup.csv", ["text"], unsup),
+            "split": SPLITS["imdb"],
+        }
+    raise SystemExit(f"unknown dataset {name!r}")
+
+
+def run(args: list[str]) -> tuple[dict, float, str]:
+    t0 = time.perf_counter()
+    out = subprocess.run([ULMFIT, *args, "--json"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"ulmfit {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return (
+        json.loads(out.stdout.strip().splitlines()[-1]),
+        time.perf_counter() - t0,
+        "ulmfit " + " ".join(args),
+    )
+
+
+def _versions() -> str:
+    import torch
+
+    sha = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f"python {platform.python_version()}; torch {torch.__version__}; ulmfit commit {sha}" + (
+        " (with uncommitted changes)" if dirty else ""
+    )
+
+
+def _cpu() -> str:
+    name = platform.processor() or "cpu"
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def _headline(kind: str, m: dict) -> str:
+    if kind == "multi":
+        return f"macro F1 {m['macro_f1']:.4f}, micro F1 {m['micro_f1']:.4f}"
+    return f"accuracy {100 * m['accuracy']:.2f}% (error {100 * (1 - m['accuracy']):.2f}%)"
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    fit_extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, fit_extra = argv[:i], argv[i + 1 :]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dataset", choices=["trec6", "sst2", "mr", "goemotions", "imdb"])
+    p.add_argument("--run-dir", type=Path, help="run folder (default runs/bench_DATASET)")
+    p.add_argument("--no-write", action="store_true", help="print, do not append to RESULTS.md")
+    p.add_argument("--skip-baselines", action="store_true")
+    a = p.parse_args(argv)
+    run_dir = a.run_dir or REPO / "runs" / f"bench_{a.dataset}"
+    work = run_dir.with_name(run_dir.name + "_data")
+    work.mkdir(parents=True, exist_ok=True)
+    ds = dataset(a.dataset, work)
+    label = ds.get("label", [])
+    start = datetime.now(timezone.utc)
+
+    base = None
+    if not a.skip_baselines:
+        base = run(["baseline", "--train", str(ds["train"]), "--test", str(ds["test"]), *label])
+
+    args = ["fit", "--train", str(ds["train"]), "--test", str(ds["test"]), *label]
+    if "valid" in ds:
+        args += ["--valid", str(ds["valid"])]
+    if "unlabelled" in ds:
+        args += ["--unlabelled", str(ds["unlabelled"])]
+    args += ["--pretrained", str(MODEL / "lstm_fwd.pth"), "--vocab", str(MODEL / "itos.pkl")]
+    args += ["--out", str(run_dir), *fit_extra]
+    res, fit_s, fit_cmd = run(args)
+    kind = res["classifier"]["label_kind"]
+
+    lines = [
+        f"## ULMFiT vs baselines: {a.dataset} ({start:%Y-%m-%d %H:%M} UTC)",
+        "",
+        f"Machine: {_cpu()}; {_versions()}.",
+        f"Split: {ds['split']}. Command: `.venv/bin/python bench/classify.py {a.dataset}"
+        + (f" -- {' '.join(fit_extra)}" if fit_extra else "")
+        + "`, which runs:",
+        "",
+    ]
+    if base is not None:
+        lines.append(f"1. `{base[2]} --json` ({base[1]:.0f} s)")
+    lines += [f"{2 if base else 1}. `{fit_cmd} --json` ({fit_s / 60:.1f} min wall)", ""]
+    lines += ["| model | test | validation |", "|---|---|---|"]
+    valid = res["classifier"]["valid"]
+    lines.append(f"| ULMFiT from wiki30k_fwd | {_headline(kind, res['test'])} | "
+                 f"{_headline(kind, valid)} |")  # fmt: skip
+    if base is not None:
+        for key, name in (("nbsvm", "NB-SVM (uni+bigrams)"), ("tfidf_lr", "TF-IDF + LR")):
+            if base[0].get(key):
+                lines.append(f"| {name} | {_headline(kind, base[0][key])} | |")
+    lm = res.get("lm", {})
+    if lm.get("before") and lm.get("after"):
+        b, f = lm["before"], lm["after"]
+        lines += [
+            "",
+            f"LM fine-tuning (held-out 10% of the texts): perplexity {b['perplexity']:.1f} -> "
+            f"{f['perplexity']:.1f}, next-token accuracy {100 * b['accuracy']:.2f}% -> "
+            f"{100 * f['accuracy']:.2f}%; {lm['vocab_remap']['summary']}.",
+        ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    print(json.dumps({"fit": res, "baseline": base[0] if base else None}), file=sys.stderr)
+    if not a.no_write:
+        with open(REPO / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

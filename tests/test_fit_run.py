@@ -1,0 +1,247 @@
+"""ulmfit fit as a chain of cached stages; backward classifiers and the fwd+bwd ensemble;
+evaluate with the columns of training; AR/TAR on the classifier."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import DATA, need
+
+from ulmfit.cli import main
+from ulmfit.data.sources import SourceSpec
+from ulmfit.errors import UserError
+from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel, ar_tar_loss
+from ulmfit.models.classifier import masked_ar_tar
+from ulmfit.models.io import save_model_dir
+from ulmfit.tasks import classifier as clf_mod
+from ulmfit.tasks.classifier import ClassifierConfig, load_classifier, predict_logits
+from ulmfit.tasks.ensemble import load_members, mean_outputs
+from ulmfit.tasks.language_model import reverse_docs, tokenize_texts
+from ulmfit.tasks.run import fit, read_stages
+from ulmfit.text.rules import SPECIAL_TOKENS
+
+
+def _rows(n: int, start: int = 0) -> list[dict]:
+    with open(need(DATA / "trec6" / "train.csv"), newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))[start : start + n]
+
+
+def _write(path, rows, fields=("label", "text")) -> str:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields))
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """80 training rows, 20 test rows of seen classes, tiny forward and backward LMs."""
+    d = tmp_path_factory.mktemp("run")
+    train_rows = _rows(80)
+    seen = {r["label"] for r in train_rows}
+    test_rows = [r for r in _rows(200, 80) if r["label"] in seen][:20]
+    vocab = list(SPECIAL_TOKENS)
+    vocab += [t for t in tokenize_texts([r["text"] for r in train_rows]).vocab if t not in vocab]
+    for direction, seed in (("fwd", 0), ("bwd", 1)):
+        torch.manual_seed(seed)
+        lm = LanguageModel(len(vocab), AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=2))
+        save_model_dir(d / f"pre_{direction}", lm, vocab, direction=direction)
+    return {
+        "dir": d,
+        "train": _write(d / "train.csv", train_rows),
+        "test": _write(d / "test.csv", test_rows),
+        "unlabelled": _write(
+            d / "unsup.csv", [{"text": r["text"]} for r in _rows(40, 300)], ["text"]
+        ),
+        "fwd": str(d / "pre_fwd"),
+        "bwd": str(d / "pre_bwd"),
+        "vocab": vocab,
+    }
+
+
+def _cfg(**kw) -> ClassifierConfig:
+    return ClassifierConfig(dry_run=True, device="cpu", workers=1, bs=16, verbose=False, **kw)
+
+
+def _spec(path) -> SourceSpec:
+    return SourceSpec(path=path, label_cols=["label"])
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_rerun_reuses_unchanged_stages(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("ULMFIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    first = fit(
+        _spec(setup["train"]), setup["fwd"], out, test_spec=_spec(setup["test"]), cfg=_cfg()
+    )
+    assert not first["lm"]["reused"] and not first["classifier"]["reused"]
+    assert set(read_stages(out)) == {"lm", "classifier"}
+    weights = (out / "model" / "model.safetensors").stat().st_mtime_ns
+    lm_weights = (out / "lm" / "model.safetensors").stat().st_mtime_ns
+    # nothing changed: both stages reused, the test scored again with the same result
+    again = fit(
+        _spec(setup["train"]), setup["fwd"], out, test_spec=_spec(setup["test"]), cfg=_cfg()
+    )
+    assert again["lm"]["reused"] and again["classifier"]["reused"]
+    assert again["test"] == first["test"]
+    assert (out / "model" / "model.safetensors").stat().st_mtime_ns == weights
+    # a classifier setting changed: the LM is reused, the classifier retrained in place
+    other = fit(_spec(setup["train"]), setup["fwd"], out, cfg=_cfg(lr=1e-3))
+    assert other["lm"]["reused"] and not other["classifier"]["reused"]
+    assert (out / "lm" / "model.safetensors").stat().st_mtime_ns == lm_weights
+    assert json.loads((out / "model" / "config.json").read_text())["config"]["lr"] == 1e-3
+    assert json.loads((out / "report" / "metrics.json").read_text())["config"]["lr"] == 1e-3
+    # an LM input changed (more texts): both stages again
+    more = fit(
+        _spec(setup["train"]),
+        setup["fwd"],
+        out,
+        unlabelled=[SourceSpec(path=setup["unlabelled"])],
+        cfg=_cfg(lr=1e-3),
+    )
+    assert not more["lm"]["reused"] and not more["classifier"]["reused"]
+    # the fine-tuned LM read the unlabelled texts too (dry run: 16 rows of each file)
+    lm_report = json.loads((out / "lm" / "report.json").read_text())
+    assert lm_report["data"]["docs"] == 32  # 16 training + 16 unlabelled rows
+
+
+def test_interrupted_classifier_continues_from_its_checkpoint(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("ULMFIT_CACHE", str(tmp_path / "cache"))
+    clean = fit(_spec(setup["train"]), setup["fwd"], tmp_path / "clean", cfg=_cfg())
+    out = tmp_path / "run"
+    real = clf_mod.predict_logits
+
+    def crash(*a, **k):  # after every training epoch, before the model is written
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(clf_mod, "predict_logits", crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        fit(_spec(setup["train"]), setup["fwd"], out, cfg=_cfg())
+    assert (out / ".classifier-train" / "checkpoint.pt").is_file()
+    assert not (out / "model").exists()
+    monkeypatch.setattr(clf_mod, "predict_logits", real)
+    res = fit(_spec(setup["train"]), setup["fwd"], out, cfg=_cfg())
+    assert res["lm"]["reused"]  # the LM stage had finished
+    assert not (out / ".classifier-train").exists()
+    # every stage was in the checkpoint: same model as the uninterrupted run
+    assert res["classifier"]["valid"] == clean["classifier"]["valid"]
+    a = load_classifier(out)[0].state_dict()
+    b = load_classifier(tmp_path / "clean")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_backward_classifier_reads_documents_in_reverse(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("ULMFIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bwd"
+    res = fit(
+        _spec(setup["train"]),
+        None,
+        out,
+        test_spec=_spec(setup["test"]),
+        cfg=_cfg(),
+        direction="bwd",
+        pretrained_bwd=setup["bwd"],
+    )
+    assert (out / "lm_bwd" / "config.json").is_file() and not (out / "lm").exists()
+    model, vocab, config = load_classifier(out)
+    assert config["direction"] == "bwd"
+    ev = clf_mod.evaluate(out, _spec(setup["test"]), device="cpu")
+    assert ev["accuracy"] == res["test"]["accuracy"]
+    fwd_docs = clf_mod.read_labelled(_spec(setup["test"]), vocab, _cfg(), classes=config["classes"])
+    rev = reverse_docs(fwd_docs.ids, fwd_docs.offsets)
+    logits = predict_logits(model, clf_mod.LabelledDocs(**{**fwd_docs.__dict__, "ids": rev}))
+    assert ev["predictions"] == [config["classes"][k] for k in logits.argmax(1)]
+    # a forward model where a backward one is needed, and a missing backward model
+    with pytest.raises(UserError, match="forward language model"):
+        fit(_spec(setup["train"]), None, tmp_path / "x", cfg=_cfg(), direction="bwd",
+            pretrained_bwd=setup["fwd"])  # fmt: skip
+    with pytest.raises(UserError, match="--pretrained-bwd"):
+        fit(_spec(setup["train"]), setup["fwd"], tmp_path / "y", cfg=_cfg(), direction="both")
+
+
+def test_both_directions_average_probabilities(capsys, setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("ULMFIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "both"
+    argv = ["fit", "--train", setup["train"], "--test", setup["test"], "--out", out]
+    argv += ["--pretrained", setup["fwd"], "--pretrained-bwd", setup["bwd"], "--direction", "both"]
+    argv += ["--dry-run", "--json", "--workers", 1, "--device", "cpu", "--bs", 16]
+    code, stdout, err = run(capsys, *argv)
+    assert code == 0, err
+    res = json.loads(stdout)
+    for d in ("fwd", "bwd"):
+        assert (out / d / "model" / "config.json").is_file()
+        assert (out / "model" / d / "model.safetensors").is_file()  # self-contained copy
+    config, members = load_members(out)
+    assert config["task"] == "ensemble" and config["directions"] == ["fwd", "bwd"]
+    assert [m[2]["direction"] for m in members] == ["fwd", "bwd"]
+    # the ensemble's test accuracy is that of the mean of the members' probabilities
+    outs = []
+    for model, vocab, mcfg in members:
+        docs = clf_mod.read_labelled(
+            _spec(setup["test"]),
+            vocab,
+            _cfg(),
+            classes=mcfg["classes"],
+            direction=mcfg["direction"],
+        )
+        outs.append(predict_logits(model, docs))
+    probs = [np.exp(o) / np.exp(o).sum(1, keepdims=True) for o in outs]
+    mean = np.mean(probs, axis=0)
+    assert np.allclose(np.exp(mean_outputs("single", outs)), mean, atol=1e-6)
+    acc = float(np.mean(mean.argmax(1) == docs.labels))
+    assert abs(res["test"]["accuracy"] - acc) < 1e-9
+    report = json.loads((out / "report" / "metrics.json").read_text())
+    assert set(report["member_valid_metrics"]) == {"fwd", "bwd"}
+    code, stdout, err = run(capsys, "evaluate", out, setup["test"], "--json", "--device", "cpu")
+    assert code == 0 and json.loads(stdout)["accuracy"] == res["test"]["accuracy"], err
+
+
+def test_evaluate_uses_the_columns_of_training(capsys, setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("ULMFIT_CACHE", str(tmp_path / "cache"))
+    rows = [{"question": r["text"], "category": r["label"]} for r in _rows(80)]
+    train = _write(tmp_path / "t.csv", rows, ["category", "question"])
+    test = _write(tmp_path / "s.csv", rows[:10], ["category", "question"])
+    out = tmp_path / "run"
+    argv = ["fit", "--train", train, "--out", out, "--pretrained", setup["fwd"], "--dry-run"]
+    argv += ["--text-col", "question", "--label-col", "category", "--workers", 1, "--device", "cpu"]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    code, stdout, err = run(capsys, "evaluate", out, test, "--json", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads(stdout)["n"] <= 10
+
+
+def test_keep_pretrained_vocab(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("ULMFIT_CACHE", str(tmp_path / "cache"))
+    from ulmfit.tasks.language_model import FinetuneLMConfig, finetune_lm
+    from ulmfit.text.vocab import load_vocab
+
+    cfg = FinetuneLMConfig(dry_run=True, device="cpu", workers=1, verbose=False)
+    res = finetune_lm([SourceSpec(path=setup["unlabelled"])], setup["fwd"], tmp_path / "a",
+                      FinetuneLMConfig(**{**cfg.__dict__, "keep_pretrained_vocab": True}))  # fmt: skip
+    vocab = load_vocab(tmp_path / "a" / "vocab.json")
+    assert vocab[: len(setup["vocab"])] == setup["vocab"]
+    assert res["vocab_remap"]["found"] == len(setup["vocab"])
+    finetune_lm([SourceSpec(path=setup["unlabelled"])], setup["fwd"], tmp_path / "b", cfg)
+    assert len(load_vocab(tmp_path / "b" / "vocab.json")) < len(vocab)
+
+
+def test_masked_ar_tar_matches_fastai_without_padding_and_ignores_padding():
+    torch.manual_seed(0)
+    out = torch.randn(3, 7, 5)
+    none = torch.zeros(3, 7, dtype=torch.bool)
+    assert torch.allclose(masked_ar_tar(out, none, 2.0, 1.0), ar_tar_loss(out, out, 2.0, 1.0))
+    pad = none.clone()
+    pad[0, :3] = True  # pad first, as the classifier's batches are laid out
+    changed = out.clone()
+    changed[0, :3] = 100.0
+    assert torch.allclose(masked_ar_tar(out, pad, 2.0, 1.0), masked_ar_tar(changed, pad, 2.0, 1.0))
+    assert masked_ar_tar(out, torch.ones_like(pad), 2.0, 1.0) == 0
