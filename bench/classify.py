@@ -4,12 +4,13 @@ For one dataset: `ulmfit baseline` and `ulmfit fit` from wiki30k_fwd on the same
 files, each test set scored once, settings chosen on train/validation only. Appends a section
 to bench/RESULTS.md with the exact commands, the wall time of each, and the metrics.
 
-    .venv/bin/python bench/classify.py trec6 [--run-dir DIR] [--no-write] [-- FIT OPTIONS...]
+    .venv/bin/python bench/classify.py DATASET [--run-dir DIR] [--train-rows N] [--test-rows N]
+        [--no-write] [-- FIT OPTIONS...]
 
 Datasets: trec6 (official 5,452 / 500 split; validation = 10% of train, seeded), sst2
-(official train / valid / test), mr (no official split: a fixed seeded split written to the
-run folder, see SPLITS), goemotions (official train / valid / test; multi-label, macro-F1),
-imdb (a documented subset of the official train / test: see SPLITS).
+(official train / valid / test), mr (no official split: a fixed seeded split written next to
+the run folder, see SPLITS), goemotions (official valid / test, all or --train-rows of train;
+multi-label, macro-F1), imdb (--train-rows / --test-rows sampled from the official sets).
 Everything after `--` is passed to `ulmfit fit` (e.g. `--lm-epochs 4 --keep-pretrained-vocab`).
 """
 
@@ -44,9 +45,10 @@ ULMFIT = str(Path(sys.executable).parent / "ulmfit")
 SPLITS = {
     "mr": "all 10,662 rows shuffled with random.Random(0); the last 1,066 (10%) are the test "
     "set, the other 9,596 the training set (validation: 10% of those, as fit's --valid-pct)",
-    "imdb": "random.Random(0) samples 2,000 rows of the official train set and 2,000 of the "
-    "official test set (balanced by chance, counts below); LM fine-tuning also reads 8,000 "
-    "rows sampled from unsup with random.Random(1)",
+    "imdb": "random.Random(0) samples {train} rows of the official train set, then {test} of "
+    "the official test set (not balanced by design); no unlabelled reviews (CPU time)",
+    "goemotions": "official valid and test; the training set is {train} rows sampled with "
+    "random.Random(0) from the official 43,410 (CPU time)",
 }
 
 
@@ -65,7 +67,7 @@ def _write(path: Path, fields: list[str], rows: list[dict]) -> str:
     return str(path)
 
 
-def dataset(name: str, work: Path) -> dict:
+def dataset(name: str, work: Path, train_rows: int = 0, test_rows: int = 0) -> dict:
     """Files and options of one dataset: train / valid / test / unlabelled, label options,
     the metric reported, and what the split is."""
     if name == "trec6":
@@ -90,26 +92,31 @@ def dataset(name: str, work: Path) -> dict:
         }
     if name == "goemotions":
         d = DATA / "goemotions"
-        return {
+        ds = {
             "train": d / "train.csv",
             "valid": d / "valid.csv",
             "test": d / "test.csv",
             "label": ["--label-col", "labels", "--label-delim", " "],
             "split": "official",
         }
+        if train_rows:
+            fields, rows = _read(d / "train.csv")
+            rows = random.Random(0).sample(rows, train_rows)
+            ds["train"] = _write(work / "goemotions_train.csv", fields, rows)
+            ds["split"] = SPLITS["goemotions"].format(train=f"{train_rows:,}")
+        return ds
     if name == "imdb":
         d = DATA / "imdb"
         fields, train = _read(d / "train.csv.gz")
         _, test = _read(d / "test.csv.gz")
-        _, unsup = _read(d / "unsup.csv.gz")
         rng = random.Random(0)
-        train, test = rng.sample(train, 2000), rng.sample(test, 2000)
-        unsup = random.Random(1).sample(unsup, 8000)
+        train, test = rng.sample(train, train_rows or 1000), rng.sample(test, test_rows or 1000)
+        counts = {k: sum(r["label"] == k for r in test) for k in ("neg", "pos")}
         return {
             "train": _write(work / "imdb_train.csv", fields, train),
             "test": _write(work / "imdb_test.csv", fields, test),
-            "unlabelled": _write(work / "imdb_unsup.csv", ["text"], unsup),
-            "split": SPLITS["imdb"],
+            "split": SPLITS["imdb"].format(train=f"{len(train):,}", test=f"{len(test):,}")
+            + f" (test: {counts['neg']} neg, {counts['pos']} pos)",
         }
     raise SystemExit(f"unknown dataset {name!r}")
 
@@ -171,11 +178,13 @@ def main() -> None:
     p.add_argument("--run-dir", type=Path, help="run folder (default runs/bench_DATASET)")
     p.add_argument("--no-write", action="store_true", help="print, do not append to RESULTS.md")
     p.add_argument("--skip-baselines", action="store_true")
+    p.add_argument("--train-rows", type=int, default=0, help="goemotions / imdb: a subset")
+    p.add_argument("--test-rows", type=int, default=0, help="imdb: a subset")
     a = p.parse_args(argv)
     run_dir = a.run_dir or REPO / "runs" / f"bench_{a.dataset}"
     work = run_dir.with_name(run_dir.name + "_data")
     work.mkdir(parents=True, exist_ok=True)
-    ds = dataset(a.dataset, work)
+    ds = dataset(a.dataset, work, a.train_rows, a.test_rows)
     label = ds.get("label", [])
     start = datetime.now(timezone.utc)
 
@@ -197,7 +206,7 @@ def main() -> None:
         f"## ULMFiT vs baselines: {a.dataset} ({start:%Y-%m-%d %H:%M} UTC)",
         "",
         f"Machine: {_cpu()}; {_versions()}.",
-        f"Split: {ds['split']}. Command: `.venv/bin/python bench/classify.py {a.dataset}"
+        f"Split: {ds['split']}. Command: `.venv/bin/python bench/classify.py {' '.join(argv)}"
         + (f" -- {' '.join(fit_extra)}" if fit_extra else "")
         + "`, which runs:",
         "",

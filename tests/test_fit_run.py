@@ -245,3 +245,36 @@ def test_masked_ar_tar_matches_fastai_without_padding_and_ignores_padding():
     changed[0, :3] = 100.0
     assert torch.allclose(masked_ar_tar(out, pad, 2.0, 1.0), masked_ar_tar(changed, pad, 2.0, 1.0))
     assert masked_ar_tar(out, torch.ones_like(pad), 2.0, 1.0) == 0
+
+
+def test_fit_prints_the_baselines_beside(capsys, setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("ULMFIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    argv = ["fit", "--train", setup["train"], "--test", setup["test"], "--baseline"]
+    argv += ["--out", out, "--pretrained", setup["fwd"], "--dry-run", "--workers", 1]
+    code, stdout, err = run(capsys, *argv, "--device", "cpu")
+    assert code == 0, err
+    assert "test: accuracy" in stdout and "test, NB-SVM: accuracy" in stdout
+    assert "test, TF-IDF + LR: accuracy" in stdout
+    saved = json.loads((out / "report" / "baselines.json").read_text())
+    assert saved["n_test"] == 20 and 0 <= saved["nbsvm"]["accuracy"] <= 1
+
+
+def test_test_file_with_other_columns_and_a_very_long_text(capsys, setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("ULMFIT_CACHE", str(tmp_path / "cache"))
+    other = _write(
+        tmp_path / "o.csv",
+        [{"category": r["label"], "question": r["text"]} for r in _rows(5)],
+        ["category", "question"],
+    )
+    argv = ["fit", "--train", setup["train"], "--test", other, "--out", tmp_path / "a"]
+    code, _, err = run(capsys, *argv, "--pretrained", setup["fwd"], "--dry-run", "--workers", 1)
+    assert code == 2 and "o.csv" in err and "column" in err, err
+    assert not (tmp_path / "a" / "lm").exists()  # refused before any training
+    # a document of ~30,000 tokens is read whole, in bptt chunks, without error
+    out = tmp_path / "run"
+    fit(_spec(setup["train"]), setup["fwd"], out, cfg=_cfg())
+    long = [{"label": r["label"], "text": r["text"]} for r in _rows(2)]
+    long[1]["text"] = " ".join([_rows(1)[0]["text"]] * 3_000)
+    ev = clf_mod.evaluate(out, _spec(_write(tmp_path / "long.csv", long)), device="cpu")
+    assert ev["n"] == 2 and len(ev["predictions"]) == 2

@@ -542,6 +542,24 @@ def _print_classifier_metrics(head: str, m: dict) -> None:
         print(f"{head}accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} (n={m['n']})")
 
 
+def _fit(args: argparse.Namespace, fit, train, unlabelled, cfg, lm_cfg) -> dict:
+    return fit(
+        train,
+        args.pretrained,
+        args.out,
+        vocab=args.vocab,
+        valid_spec=_label_spec(args, args.valid, ["label"]) if args.valid else None,
+        test_spec=_label_spec(args, args.test, ["label"]) if args.test else None,
+        unlabelled=unlabelled,
+        cfg=cfg,
+        lm_cfg=lm_cfg,
+        direction=args.direction,
+        pretrained_bwd=args.pretrained_bwd,
+        vocab_bwd=args.vocab_bwd,
+        baseline=args.baseline,
+    )
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -574,20 +592,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     }
     train = _label_spec(args, args.train, ["label"])
     unlabelled = [replace(_label_spec(args, u), label_cols=None) for u in args.unlabelled or []]
-    result = fit(
-        train,
-        args.pretrained,
-        args.out,
-        vocab=args.vocab,
-        valid_spec=_label_spec(args, args.valid, ["label"]) if args.valid else None,
-        test_spec=_label_spec(args, args.test, ["label"]) if args.test else None,
-        unlabelled=unlabelled,
-        cfg=cfg,
-        lm_cfg=lm_config_for(cfg, **lm_given),
-        direction=args.direction,
-        pretrained_bwd=args.pretrained_bwd,
-        vocab_bwd=args.vocab_bwd,
-    )
+    try:
+        result = _fit(args, fit, train, unlabelled, cfg, lm_config_for(cfg, **lm_given))
+    except KeyboardInterrupt:
+        print(
+            f"ulmfit: interrupted; repeat the same command to continue: finished stages in "
+            f"{args.out} are reused and an interrupted one resumes from its last epoch",
+            file=sys.stderr,
+        )
+        return 130
     if args.json:
         print(json.dumps(result))
         return 0
@@ -601,6 +614,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     _print_classifier_metrics("validation: ", {**result["classifier"]["valid"], "label_kind": kind})
     if "test" in result:
         _print_classifier_metrics("test: ", {**result["test"], "label_kind": kind})
+    names = {"nbsvm": "NB-SVM", "tfidf_lr": "TF-IDF + LR"}
+    for key, m in result.get("baselines", {}).items():
+        _print_classifier_metrics(f"test, {names[key]}: ", {**m, "label_kind": kind})
     return 0
 
 
@@ -694,6 +710,11 @@ def _add_classifier_commands(sub) -> None:
     p.add_argument("--valid", metavar="FILE", help="labelled validation file")
     p.add_argument("--valid-pct", type=float, help="share of training rows held out (default 0.1)")
     p.add_argument("--test", metavar="FILE", help="labelled test file, evaluated at the end")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="with --test: also NB-SVM and TF-IDF + LR on the same files, printed beside",
+    )
     p.add_argument(
         "--unlabelled",
         action="append",

@@ -258,6 +258,23 @@ def _ensemble_stage(out_dir: Path, names: list[str], cfg: ClassifierConfig) -> d
 # ----------------------------------------------------------------------------------------
 
 
+def _baselines(train_spec, test_spec, cfg: ClassifierConfig, report_dir: Path) -> dict:
+    """NB-SVM and TF-IDF + LR on the run's train and test files; their headline metrics."""
+    from ulmfit.baselines import run_baselines
+
+    _say(cfg, "baselines: NB-SVM and TF-IDF + LR on the same train / test files")
+    res = run_baselines(train_spec, test_spec, kind=cfg.label_kind)
+    (report_dir / "baselines.json").write_text(json.dumps(res, indent=1), "utf-8")
+    out = {}
+    for name in ("nbsvm", "tfidf_lr"):
+        m = res[name]
+        if m is None:  # NB-SVM has no regression form
+            continue
+        m = {**m, "n": res["n_test"], "roc_auc": m.get("mean_auc")}
+        out[name] = {k: m[k] for k in SUMMARY_KEYS[cfg.label_kind] if k in m}
+    return out
+
+
 def _check_run_folder(out_dir: Path) -> None:
     """A run folder is either new, empty, or one ``fit`` made (it has stages.json or the
     stage folders): never somebody else's folder."""
@@ -285,11 +302,14 @@ def fit(
     direction: str = "fwd",
     pretrained_bwd: Path | str | None = None,
     vocab_bwd: Path | str | None = None,
+    baseline: bool = False,
 ) -> dict:
     """The whole ULMFiT chain (see the module docstring): LM fine-tuning on every text, the
     classifier with gradual unfreezing, per direction; with ``direction="both"`` the two
     classifiers' probabilities averaged; then ``test_spec`` scored once, if given
-    (``RUN/report/test.json``, ``test_per_class.csv``, ``test_confusion.png``)."""
+    (``RUN/report/test.json``, ``test_per_class.csv``, ``test_confusion.png``). ``baseline``
+    also fits NB-SVM and TF-IDF + LR on the same files and scores them on the test file
+    (``RUN/report/baselines.json``), the bar the classifier has to clear."""
     cfg = cfg or ClassifierConfig()
     _check_config(cfg)
     if direction not in DIRECTIONS:
@@ -344,6 +364,8 @@ def fit(
         (rep / "test.json").write_text(json.dumps(t, indent=1), "utf-8")
         write_report_files(rep, t, prefix="test_")
         result["test"] = {k: t[k] for k in SUMMARY_KEYS[t["label_kind"]]}
+        if baseline:
+            result["baselines"] = _baselines(train_spec, test_spec, cfg, rep)
     result["out"] = str(out_dir)
     return result
 
