@@ -770,6 +770,232 @@ def _add_classifier_commands(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+# ---------------------------------------------------------------------------------------------
+# Using a trained classifier: predict, explain, serve
+
+# ServeLimits' defaults, repeated so that --help shows them without importing the server
+# (tests/test_serve.py keeps them equal).
+SERVE_DEFAULTS = {"max_texts": 64, "max_chars": 20_000, "max_body_bytes": 2_000_000}
+
+
+def _texts_to_predict(args: argparse.Namespace, config: dict) -> tuple[list[str], list[int], list]:
+    """``(texts, 1-based rows, skipped empty rows)`` from --text or INPUT_FILE (text columns:
+    --text-col, else those of training)."""
+    from ulmfit.data.sources import ReadReport, SourceSpec, iter_source
+
+    if (args.text is None) == (args.input is None):
+        raise UserError("give the texts with --text TEXT (repeatable) or an INPUT_FILE, not both")
+    if args.text is not None:
+        return list(args.text), list(range(1, len(args.text) + 1)), []
+    spec = SourceSpec(
+        path=_input_path(args.input),
+        text_cols=args.text_col or list(config.get("text_cols") or []) or None,
+        fmt=args.format,
+        encoding=args.encoding,
+        corpus_mode="lines",
+    )
+    report = ReadReport()
+    texts, rows = [], []
+    for batch in iter_source(spec, report=report):
+        texts.extend(batch.texts)
+        rows.extend(r + 1 for r in batch.rows)
+    return texts, rows, [r + 1 for r in report.skipped_empty]
+
+
+def _prediction_columns(predictor) -> list[str]:
+    if predictor.kind == "float":
+        return list(predictor.targets)
+    head = ["label"] if predictor.kind == "single" else ["labels"]
+    return head + [f"p_{c}" for c in predictor.classes]
+
+
+def _prediction_cells(predictor, pred: dict) -> list:
+    if predictor.kind == "float":
+        values = pred["values"] if "values" in pred else {predictor.targets[0]: pred["value"]}
+        return [f"{values[t]:.6g}" for t in predictor.targets]
+    if predictor.kind == "single":
+        head = [pred["label"]]
+    else:
+        head = [(predictor.config.get("label_delim") or " ").join(pred["labels"])]
+    return head + [f"{pred['probabilities'][c]:.6f}" for c in predictor.classes]
+
+
+def _write_predictions_csv(path: Path, predictor, texts, rows, preds) -> None:
+    import csv
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "text", *_prediction_columns(predictor)])
+        for row, text, pred in zip(rows, texts, preds):
+            w.writerow([row, text, *_prediction_cells(predictor, pred)])
+    os.replace(tmp, path)
+
+
+def _short(pred: dict) -> str:
+    if "label" in pred:
+        return f"{pred['label']}  ({pred['probabilities'][pred['label']]:.3f})"
+    if "labels" in pred:
+        return ", ".join(pred["labels"]) or "(none)"
+    if "value" in pred:
+        return f"{pred['value']:.4f}"
+    return ", ".join(f"{k} {v:.4f}" for k, v in pred["values"].items())
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ulmfit.predict import Predictor
+
+    if args.bs < 1:
+        raise UserError("--bs must be 1 or more")
+    if args.input is not None and not Path(args.input).exists():
+        _input_path(args.input)  # a clear error before the model is loaded
+    predictor = Predictor.load(args.model, device=args.device, bs=args.bs)
+    texts, rows, skipped = _texts_to_predict(args, predictor.config)
+    preds = predictor.predict(texts)
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
+        print(f"ulmfit: {len(skipped)} row(s) without text skipped: {shown}", file=sys.stderr)
+    if args.out is not None:
+        _write_predictions_csv(args.out, predictor, texts, rows, preds)
+    if args.json:
+        if args.out is not None:
+            print(json.dumps({"out": str(args.out), "n": len(preds), "skipped_empty": skipped}))
+        else:
+            out = [{"row": r, **p} for r, p in zip(rows, preds)]
+            print(json.dumps({**predictor.info(), "predictions": out}))
+    elif args.out is not None:
+        print(f"wrote {len(preds):,} predictions to {args.out}")
+    else:
+        for row, text, pred in zip(rows, texts, preds):
+            one_line = " ".join(text.split())
+            one_line = one_line[:60] + ("…" if len(one_line) > 60 else "")
+            print(f"{row}\t{_short(pred)}\t{one_line}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from ulmfit.explain import render_html
+    from ulmfit.predict import Predictor
+
+    predictor = Predictor.load(args.model, device=args.device)
+    exp = predictor.explain(args.text, args.target)
+    if args.out is not None:
+        args.out.write_text(render_html(exp, predictor.info()), encoding="utf-8")
+    if args.json:
+        print(json.dumps(exp if args.out is None else {**exp, "out": str(args.out)}))
+        return 0
+    print(f"prediction: {_short(exp['prediction'])}")
+    words = [s for s in exp["segments"] if s["weight"] is not None]
+    top = sorted(words, key=lambda s: -s["weight"])[:10]
+    print(f"words that drove {exp['target']}: " + ", ".join(
+        f"{s['text']} {s['weight']:.2f}" for s in top))  # fmt: skip
+    if args.out is not None:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ulmfit.serve import ServeLimits, run
+
+    given = {k: getattr(args, k) for k in SERVE_DEFAULTS if getattr(args, k) is not None}
+    run(
+        args.model,
+        host=args.host,
+        port=args.port,
+        limits=ServeLimits(**given),
+        device=args.device,
+        log_level=args.log_level,
+        threads=args.threads,
+    )
+    return 0
+
+
+def _add_use_commands(sub) -> None:
+    model_help = "a run folder of 'ulmfit fit' or its model directory (single or ensemble)"
+    p = sub.add_parser(
+        "predict",
+        help="labels and probabilities of new texts, in input order",
+        description="Predict the texts given with --text, or every row of INPUT_FILE "
+        "(CSV/TSV/JSONL/Parquet: text columns as in training unless --text-col; .txt: one "
+        "text per line). Batched by length inside; the results keep the input order (rows "
+        "without text are skipped and listed on stderr). Prints one line per text, or with "
+        "--out a CSV (row, text, label or labels or values, p_CLASS per class).",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL", help=model_help)
+    p.add_argument("input", nargs="?", metavar="INPUT_FILE", help="file of texts")
+    p.add_argument("--text", action="append", metavar="TEXT", help="a text (repeatable)")
+    p.add_argument("--text-col", action="append", metavar="COL", help="text column of INPUT_FILE")
+    p.add_argument(
+        "--format",
+        choices=["csv", "tsv", "jsonl", "parquet", "txt"],
+        help="format of INPUT_FILE (default: from its name)",
+    )
+    p.add_argument("--encoding", default="utf-8", help="text encoding of INPUT_FILE")
+    p.add_argument("--out", type=Path, metavar="FILE.csv", help="write the predictions as CSV")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: the predictions (with --out: a summary)",
+    )
+    p.add_argument("--bs", type=int, default=64, help="texts per batch (default 64)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "explain",
+        help="which words drove a prediction (intrinsic attention), as an HTML page",
+        description="The prediction for TEXT and every word's importance: fastai v1's "
+        "intrinsic attention (the gradient of the predicted class's probability with "
+        "respect to the word embeddings, normalised per text). Prints the most important "
+        "words; --out writes a page with the text shaded word by word.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL", help=model_help)
+    p.add_argument("--text", required=True, metavar="TEXT", help="the text to explain")
+    p.add_argument("--out", type=Path, metavar="FILE.html", help="write the explanation page")
+    p.add_argument(
+        "--target",
+        metavar="CLASS",
+        help="explain this class (default: the predicted one; multi-label: the most probable)",
+    )
+    p.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.set_defaults(func=cmd_explain)
+
+    d = SERVE_DEFAULTS
+    p = sub.add_parser(
+        "serve",
+        help="serve a classifier over HTTP, with a web page to try it",
+        description='POST /predict {"texts": [...]} -> {"predictions": [...]} in order; '
+        'POST /explain {"text": ...}; GET /health; GET / a page to type a text and see '
+        "its label, probabilities and shaded words. Over-limit requests get 413, malformed "
+        "ones 422, both with a JSON error body.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL", help=model_help)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--max-texts", type=int, help=f"texts per /predict request (default {d['max_texts']})"
+    )
+    p.add_argument(
+        "--max-chars", type=int, help=f"characters per text (default {d['max_chars']:,})"
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        help=f"request body size (default {d['max_body_bytes']:,})",
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="torch threads for the model (default: every core)")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level (default info: one line per request)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ulmfit",
@@ -806,6 +1032,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lm_commands(sub)
     _add_baseline_command(sub)
     _add_classifier_commands(sub)
+    _add_use_commands(sub)
     return parser
 
 

@@ -1,0 +1,349 @@
+"""`ulmfit serve` under a bounded load on loopback, and the CPU throughput of `predict`.
+
+Starts `ulmfit serve MODEL` in its own process on a free loopback port, then, for each text
+length — sentence-length (TREC-6 test questions, ~36 characters) and review-length (IMDb
+reviews from imdb_sample, ~1,400 characters) — sends ``--requests`` POST /predict requests
+(``--texts-per-request`` texts each) from ``--clients`` concurrent keep-alive clients (asyncio +
+httpx in this process) and reports: requests/s and texts/s over the phase's wall time, client-side
+p50 / p99 latency, errors (any non-200 answer, exception or wrong number of predictions), and the
+server process's resident memory after warm-up, at the end, and at its peak (sampled every
+0.2 s). A phase stops issuing requests after ``--max-seconds`` (the table then says how many
+were sent). Then the server is stopped and `Predictor.predict` runs in this process on
+``--predict-docs`` texts of each length (tokenization included, model and spaCy loaded first):
+documents per second. Appends a section to bench/RESULTS.md (date, machine, versions, exact
+command) unless ``--no-write``.
+
+    .venv/bin/python bench/serve_load.py --model RUN            # defaults: < ~5 min on 2 cores
+    .venv/bin/python bench/serve_load.py --model RUN --requests 10000 --max-seconds 0
+    .venv/bin/python bench/serve_load.py --model RUN --requests 200 --no-write   # smoke run
+
+The load generator shares the machine with the server: on 2 cores the client's own CPU use
+is part of what is measured (noted in the section).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/ holds tokenize.py (named by the issue), which would shadow the standard library's
+# tokenize module: take this folder off the import path.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shlex  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from importlib.metadata import version  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+SENTENCES = DATA / "trec6" / "test.csv"
+REVIEWS = DATA / "imdb_sample" / "texts.csv"
+ULMFIT = str(Path(sys.executable).parent / "ulmfit")
+CALL = 64  # texts per Predictor.predict call in the throughput test (one batch of bs 64)
+
+
+def _texts(path: Path, col: str = "text") -> list[str]:
+    with open(path, newline="", encoding="utf-8") as f:
+        texts = [r[col] for r in csv.DictReader(f) if r.get(col, "").strip()]
+    if not texts:
+        raise SystemExit(f"{path}: no texts in column {col!r}")
+    return texts
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Memory:
+    """Resident memory of a process, sampled in a thread: start (after warm-up), now, peak."""
+
+    def __init__(self, pid: int, every: float = 0.2) -> None:
+        import psutil
+
+        self.proc, self.every = psutil.Process(pid), every
+        self.t0 = time.perf_counter()
+        self.samples = [(0.0, self.now())]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def now(self) -> int:
+        return self.proc.memory_info().rss
+
+    @property
+    def peak(self) -> int:
+        return max(rss for _, rss in self.samples)
+
+    def at(self, fraction: float) -> int:
+        """The sample nearest to ``fraction`` of the time sampled so far."""
+        t = fraction * self.samples[-1][0]
+        return min(self.samples, key=lambda s: abs(s[0] - t))[1]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.samples.append((time.perf_counter() - self.t0, self.now()))
+            except Exception:  # noqa: BLE001 - the server exited
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+def start_server(model: str, port: int, device: str, max_texts: int, threads: int | None) -> tuple:
+    """``(process, command)`` of `ulmfit serve` once /health answers."""
+    import httpx
+
+    cmd = [ULMFIT, "serve", model, "--port", str(port), "--log-level", "warning"]
+    cmd += ["--device", device, "--max-texts", str(max(64, max_texts))]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(
+                f"the server exited ({proc.returncode}):\n{proc.stderr.read()[-3000:]}"
+            )
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc, cmd
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    proc.kill()
+    raise SystemExit("the server did not answer /health within 180 s")
+
+
+async def _load(
+    url: str, texts: list[str], requests: int, clients: int, per: int, max_s: float
+) -> dict:
+    """``requests`` POST /predict from ``clients`` concurrent clients; latencies and errors."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    issued = 0
+    t0 = time.perf_counter()
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal issued
+        while issued < requests and not (max_s and time.perf_counter() - t0 > max_s):
+            k = issued
+            issued += 1
+            batch = [texts[(k * per + j) % len(texts)] for j in range(per)]
+            start = time.perf_counter()
+            try:
+                r = await http.post(url, json={"texts": batch})
+                ok = r.status_code == 200 and len(r.json()["predictions"]) == per
+                if not ok:
+                    errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
+            except Exception as e:  # noqa: BLE001 - counted, reported
+                errors.append(f"{type(e).__name__}: {e}")
+            latencies.append(time.perf_counter() - start)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=300) as http:
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+    wall = time.perf_counter() - t0
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
+    return {
+        "requests": len(latencies),
+        "asked": requests,
+        "wall_s": wall,
+        "req_per_s": len(latencies) / wall,
+        "texts_per_s": len(latencies) * per / wall,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+    }
+
+
+def predict_throughput(model: str, texts: list[str], docs: int, device: str, max_s: float) -> dict:
+    """docs/s of ``Predictor.predict`` (tokenization included) on ``docs`` texts, in calls of
+    ``CALL`` texts until ``docs`` are done or ``max_s`` has passed."""
+    from ulmfit.predict import Predictor
+
+    p = Predictor.load(model, device=device)
+    p.predict(texts[:16])  # load spaCy, warm the model
+    done, t0 = 0, time.perf_counter()
+    while done < docs and not (max_s and time.perf_counter() - t0 > max_s):
+        n = min(CALL, docs - done)
+        p.predict([texts[(done + j) % len(texts)] for j in range(n)], progress=False)
+        done += n
+    wall = time.perf_counter() - t0
+    return {"docs": done, "seconds": wall, "docs_per_s": done / wall}
+
+
+def _versions() -> str:
+    import torch
+
+    sha = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return (
+        f"python {platform.python_version()}; torch {torch.__version__}; fastapi "
+        f"{version('fastapi')}; uvicorn {version('uvicorn')}; httpx {version('httpx')} (client); "
+        f"ulmfit commit {sha}" + (" (with uncommitted changes)" if dirty else "")
+    )
+
+
+def _cpu() -> str:
+    name = platform.processor() or "cpu"
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB"
+
+
+def _model_desc(model: str) -> str:
+    from ulmfit.predict import Predictor
+
+    p = Predictor.load(model, device="cpu")
+    arch = p.members[0][2]["architecture"]
+    what = ", ".join(p.classes) if p.kind != "float" else ", ".join(p.targets)
+    return (
+        f"`{model}`: {p.kind} ({what}); {' + '.join(p.info()['members'])}; AWD-LSTM emb "
+        f"{arch['emb_sz']}, hidden {arch['n_hid']}, {arch['n_layers']} layers, vocabulary "
+        f"{p.members[0][2]['vocab_size']:,}"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, metavar="RUN_OR_MODEL_DIR")
+    p.add_argument("--requests", type=int, default=10_000, help="requests per text length")
+    p.add_argument("--clients", type=int, default=50, help="concurrent clients")
+    p.add_argument("--texts-per-request", type=int, default=1)
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=90,
+        help="stop issuing requests of a length after this long (0: never; default 90)",
+    )
+    p.add_argument("--predict-docs", type=int, default=2_000, help="texts per length for predict")
+    p.add_argument(
+        "--predict-seconds", type=float, default=25, help="time cap per length (0: none)"
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--server-threads", type=int, help="the server's torch threads (default: torch's)"
+    )
+    p.add_argument("--sentences", type=Path, default=SENTENCES, help="CSV with a text column")
+    p.add_argument("--reviews", type=Path, default=REVIEWS, help="CSV with a text column")
+    p.add_argument("--no-write", action="store_true", help="print, do not append to RESULTS.md")
+    a = p.parse_args()
+    lengths = {"sentence": _texts(a.sentences), "review": _texts(a.reviews)}
+    start = datetime.now(timezone.utc)
+    model_desc = _model_desc(a.model)
+
+    port = _free_port()
+    proc, server_cmd = start_server(a.model, port, a.device, a.texts_per_request, a.server_threads)
+    url = f"http://127.0.0.1:{port}/predict"
+    rows = []
+    try:
+        for name, texts in lengths.items():
+            # warm-up: every batch shape the phase will see, then the memory baseline
+            asyncio.run(_load(url, texts, a.clients, a.clients, a.texts_per_request, 0))
+            mem = Memory(proc.pid)
+            before = mem.now()
+            res = asyncio.run(
+                _load(url, texts, a.requests, a.clients, a.texts_per_request, a.max_seconds)
+            )
+            mem.stop()
+            mem.samples.append((time.perf_counter() - mem.t0, mem.now()))
+            res.update(rss_start=before, rss_half=mem.at(0.5), rss_end=mem.samples[-1][1])
+            res["rss_peak"] = mem.peak
+            res["chars"] = sum(map(len, texts)) / len(texts)
+            rows.append((name, res))
+            print(f"{name}: {json.dumps(res)}", file=sys.stderr, flush=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    pred = {}
+    for name, texts in lengths.items():
+        pred[name] = predict_throughput(a.model, texts, a.predict_docs, a.device, a.predict_seconds)
+        print(f"predict {name}: {json.dumps(pred[name])}", file=sys.stderr, flush=True)
+
+    argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
+    server = " ".join(shlex.quote(x) for x in [Path(server_cmd[0]).name, *server_cmd[1:]])
+    lines = [
+        f"## Serving under load ({start:%Y-%m-%d %H:%M} UTC)",
+        "",
+        f"Machine: {_cpu()}; {_versions()}.",
+        f"Model: {model_desc}.",
+        f"Command: `.venv/bin/python bench/serve_load.py {argv}`; server: `{server}` on "
+        f"loopback; {a.clients} concurrent keep-alive clients (asyncio + httpx, on the same "
+        f"machine), {a.texts_per_request} text(s) per request, after a warm-up of "
+        f"{a.clients} requests per length.",
+        "",
+        "| texts | requests | wall | requests/s | texts/s | p50 latency | p99 latency | errors "
+        "| server memory: after warm-up → halfway → end (peak) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for name, r in rows:
+        cut = f" (of {r['asked']:,}: time cap)" if r["requests"] < r["asked"] else ""
+        lines.append(
+            f"| {name} (mean {r['chars']:,.0f} chars) | {r['requests']:,}{cut} | "
+            f"{r['wall_s']:.1f} s | {r['req_per_s']:,.1f} | {r['texts_per_s']:,.1f} | "
+            f"{r['p50_ms']:,.0f} ms | {r['p99_ms']:,.0f} ms | {r['errors']} | "
+            f"{_mb(r['rss_start'])} → {_mb(r['rss_half'])} → {_mb(r['rss_end'])} "
+            f"({_mb(r['rss_peak'])}) |"
+        )
+    lines += [
+        "",
+        f"`Predictor.predict` in one process on {a.device} (tokenization included; bs 64, "
+        f"calls of {CALL} texts):",
+        "",
+        "| texts | documents | seconds | documents/s |",
+        "|---|--:|--:|--:|",
+    ]
+    for name, r in pred.items():
+        lines.append(f"| {name} | {r['docs']:,} | {r['seconds']:.1f} | {r['docs_per_s']:,.1f} |")
+    errs = [e for _, r in rows for e in r["first_errors"]]
+    if errs:
+        lines += ["", "First errors: " + "; ".join(f"`{e}`" for e in errs)]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not a.no_write:
+        with open(REPO / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
