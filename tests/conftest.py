@@ -1,3 +1,4 @@
+import csv
 from pathlib import Path
 
 import pytest
@@ -13,3 +14,18 @@ def need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not found: {path} (tests read real data from ../shared)")
     return path
+
+
+def trec_rows(n: int, start: int = 0) -> list[dict]:
+    """Rows ``start`` .. ``start + n`` of the real TREC-6 training file (label, text)."""
+    with open(need(DATA / "trec6" / "train.csv"), newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))[start : start + n]
+
+
+def write_csv(path, rows: list[dict], fields=None) -> str:
+    """``rows`` as a CSV file with a header (``fields``, default the first row's keys)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields or rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)

@@ -1,12 +1,12 @@
 """ulmfit fit / evaluate: the whole chain on a few TREC-6 rows with a tiny pretrained LM."""
 
-import csv
 import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, need
+from conftest import trec_rows as _rows
+from conftest import write_csv as _write
 
 from ulmfit.cli import main
 from ulmfit.data.sources import SourceSpec
@@ -17,19 +17,6 @@ from ulmfit.tasks.classifier import ClassifierConfig, load_classifier
 from ulmfit.tasks.language_model import tokenize_texts
 from ulmfit.tasks.run import fit
 from ulmfit.text.rules import SPECIAL_TOKENS
-
-
-def _rows(n: int, start: int = 0) -> list[dict]:
-    with open(need(DATA / "trec6" / "train.csv"), newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))[start : start + n]
-
-
-def _write(path, rows) -> str:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["label", "text"])
-        w.writeheader()
-        w.writerows(rows)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,13 @@
 """ulmfit fit as a chain of cached stages; backward classifiers and the fwd+bwd ensemble;
 evaluate with the columns of training; AR/TAR on the classifier."""
 
-import csv
 import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, need
+from conftest import trec_rows as _rows
+from conftest import write_csv as _write
 
 from ulmfit.cli import main
 from ulmfit.data.sources import SourceSpec
@@ -21,19 +21,6 @@ from ulmfit.tasks.ensemble import load_members, mean_outputs
 from ulmfit.tasks.language_model import reverse_docs, tokenize_texts
 from ulmfit.tasks.run import fit, read_stages
 from ulmfit.text.rules import SPECIAL_TOKENS
-
-
-def _rows(n: int, start: int = 0) -> list[dict]:
-    with open(need(DATA / "trec6" / "train.csv"), newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))[start : start + n]
-
-
-def _write(path, rows, fields=("label", "text")) -> str:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(fields))
-        w.writeheader()
-        w.writerows(rows)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
