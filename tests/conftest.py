@@ -1,5 +1,10 @@
 import csv
+import os
 from pathlib import Path
+
+# The test models are tiny: more than one torch thread per process only adds contention
+# (several times slower on a busy 2-core machine). Set before any test module imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

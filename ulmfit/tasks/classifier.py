@@ -344,6 +344,7 @@ def write_classifier_files(
         "direction": direction,
         "tokenizer": tokenizer_settings(),
         "ulmfit_version": __version__,
+        "torch_version": torch.__version__,
         "config": _jsonable(cfg),
         "meta": meta,
     }
