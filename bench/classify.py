@@ -222,6 +222,13 @@ def main() -> None:
         for key, name in (("nbsvm", "NB-SVM (uni+bigrams)"), ("tfidf_lr", "TF-IDF + LR")):
             if base[0].get(key):
                 lines.append(f"| {name} | {_headline(kind, base[0][key])} | |")
+    stages = []
+    for key, what in (("lm", "LM fine-tuning"), ("classifier", "classifier")):
+        st = res.get(key, {})
+        if "seconds" in st:
+            again = " (reused from an earlier run into the same folder)" if st.get("reused") else ""
+            stages.append(f"{what} {st['seconds'] / 60:.1f} min{again}")
+    lines += ["", "Stage times as recorded in the run's reports: " + "; ".join(stages) + "."]
     lm = res.get("lm", {})
     if lm.get("before") and lm.get("after"):
         b, f = lm["before"], lm["after"]
