@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -1036,8 +1037,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_unless_rank0() -> None:
+    """Under torchrun only rank 0 reports: the other ranks' stdout goes nowhere (their
+    errors still reach stderr)."""
+    if os.environ.get("RANK", "0") != "0" and os.environ.get("WORLD_SIZE", "1") != "1":
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- for the life of the process
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_unless_rank0()
     from ulmfit.text.rules import SPECIAL_TOKENS  # light: str rules only
 
     bad = None

@@ -454,6 +454,37 @@ def _labels_array(labels: object, n_docs: int) -> np.ndarray | None:
     return arr.astype(np.float32)
 
 
+def shard_batches(
+    batches: list[np.ndarray], rank: int, world_size: int, train: bool
+) -> list[np.ndarray]:
+    """This rank's part of a list of batches, every doc in exactly one rank's part.
+
+    Training (``batches`` of ``bs * world_size`` docs): every batch is split into
+    ``world_size`` near-equal contiguous pieces and this rank gets piece ``rank`` of each, so
+    all ranks take the same number of steps (DDP needs that) and the union of one step's
+    pieces is the batch one process with ``bs * world_size`` would see. A final batch with fewer
+    docs than ranks is merged into the batch before it, so no piece is empty and no doc is
+    dropped or repeated. Evaluation: batch ``k`` goes to rank ``k % world_size`` (ranks may
+    get one batch more or less; validation needs no equal step counts).
+    """
+    if world_size == 1:
+        return batches
+    if not train:
+        return batches[rank::world_size]
+    batches = list(batches)
+    short = [i for i, b in enumerate(batches) if len(b) < world_size]
+    for i in reversed(short):
+        if len(batches) == 1:
+            raise UserError(
+                f"{len(batches[0])} training documents cannot be shared by {world_size} "
+                "processes; use fewer processes"
+            )
+        j = i - 1 if i > 0 else 1
+        batches[j] = np.concatenate([batches[j], batches[i]])
+        del batches[i]
+    return [np.array_split(b, world_size)[rank] for b in batches]
+
+
 class ClassifierLoader:
     """Padded classification batches ``(x, y, idx)``; ``idx`` maps rows back to input order.
 
@@ -461,6 +492,10 @@ class ClassifierLoader:
     :class:`SortedSampler` (longest first). Because both reorder docs, every batch carries the
     original indices; :func:`restore_order` uses them to put predictions back in input order.
     ``y`` is ``None`` when no labels were given (prediction on unlabelled text).
+
+    With ``world_size > 1`` (data-parallel training) each process gets its shard of every
+    batch, ``bs`` documents per process, as :func:`shard_batches` says; every process derives
+    the same global order from ``seed`` and the epoch, without communicating.
     """
 
     def __init__(
@@ -476,8 +511,15 @@ class ClassifierLoader:
         seed: int = _CLS.seed,
         *,
         sortish_chunk_batches: int = _CLS.sortish_chunk_batches,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.ids, self.offsets = _check_corpus(ids, offsets)
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UserError(
+                f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
+            )
+        self.rank, self.world_size = rank, world_size
         self.cfg = ClassifierLoaderConfig(
             bs=bs,
             pad_id=pad_id,
@@ -495,9 +537,10 @@ class ClassifierLoader:
         if max_len is not None:
             lengths = np.minimum(lengths, max_len)
         self.lengths = lengths
+        gbs = bs * world_size if train else bs  # training: one global batch per step
         self.sampler: SortishSampler | SortedSampler = (
             SortishSampler(
-                lengths, bs, shuffle=True, seed=seed, chunk_batches=sortish_chunk_batches
+                lengths, gbs, shuffle=True, seed=seed, chunk_batches=sortish_chunk_batches
             )
             if train
             else SortedSampler(lengths, bs)
@@ -511,19 +554,40 @@ class ClassifierLoader:
         cfg: ClassifierLoaderConfig,
         labels: np.ndarray | Sequence | torch.Tensor | None = None,
         train: bool = True,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> ClassifierLoader:
-        return cls(ids, offsets, labels, train=train, **asdict(cfg))
+        return cls(
+            ids, offsets, labels, train=train, **asdict(cfg), rank=rank, world_size=world_size
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Select the (deterministic) batch order of ``epoch``; no effect in evaluation mode."""
         self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        w = self.world_size
+        if w == 1:
+            return len(self.sampler)
+        if not self.train:  # batches rank, rank + w, ...
+            return len(range(self.rank, len(self.sampler), w))
+        n, gbs = self.n_docs, self.cfg.bs * w
+        full, rest = divmod(n, gbs)
+        return full + (1 if rest >= w or (full == 0 and rest) else 0)  # tail < w: merged
+
+    def batch_indices(self) -> list[np.ndarray]:
+        """This epoch's batches of doc indices for this rank, in order."""
+        batches = (
+            self.sampler.batches()
+            if isinstance(self.sampler, SortishSampler)
+            else list(self.sampler)
+        )
+        return shard_batches(batches, self.rank, self.world_size, self.train)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
         c = self.cfg
-        for idx in self.sampler:
+        for idx in self.batch_indices():
             x = pad_batch(self.ids, self.offsets, idx, c.pad_id, c.pad_first, c.max_len)
             y = None if self.labels is None else torch.from_numpy(self.labels[idx])
             yield x, y, torch.from_numpy(np.asarray(idx, dtype=np.int64))

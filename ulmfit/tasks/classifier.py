@@ -655,15 +655,18 @@ def fit_classifier(
     from ulmfit.models.classifier import load_encoder
     from ulmfit.models.io import load_model_dir, staged_dir
     from ulmfit.tasks.language_model import split_docs
-    from ulmfit.train import ClassifierTask, Learner, TrainConfig
+    from ulmfit.train import ClassifierTask, Learner, TrainConfig, distributed
     from ulmfit.train.learner import CHECKPOINT
 
     cfg = cfg or ClassifierConfig()
     _check_config(cfg)
+    dist = distributed.init(cfg.device)
+    main = dist.rank == 0
+    cfg = cfg if main else replace(cfg, verbose=False, progress=False)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if not overwrite:
-        _check_target(out_dir)
+        distributed.on_main(lambda: _check_target(out_dir))
     lm, vocab, lm_config = load_model_dir(lm_dir)
     direction = lm_config.get("direction", "fwd")
     limit = DRY_RUN_ROWS if cfg.dry_run else None
@@ -700,9 +703,18 @@ def fit_classifier(
         train=True,
         seed=cfg.seed,
         max_len=None,
+        rank=dist.rank,
+        world_size=dist.world_size,
     )
     valid_loader = ClassifierLoader(
-        valid.ids, valid.offsets, valid.labels, bs=cfg.bs, train=False, max_len=None
+        valid.ids,
+        valid.offsets,
+        valid.labels,
+        bs=cfg.bs,
+        train=False,
+        max_len=None,
+        rank=dist.rank,
+        world_size=dist.world_size,
     )
     if cfg.dry_run:
         train_loader = FewBatches(train_loader, DRY_RUN_BATCHES)
@@ -713,9 +725,9 @@ def fit_classifier(
     model = build_classifier(len(vocab), n_out, arch, cfg)
     load_encoder(model, lm)
     del lm
-    dev = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = str(distributed.device_for(cfg.device, dist.local_rank))
     work = out_dir / WORK_DIR
-    resume = _open_work(work, stage_key, cfg)
+    resume = distributed.on_main(lambda: _open_work(work, stage_key, cfg))
     tc = TrainConfig(
         moms=tuple(cfg.moms),
         wd=cfg.wd,
@@ -747,82 +759,90 @@ def fit_classifier(
         epochs = 1 if cfg.dry_run else cfg.epochs
         learn.fit_one_cycle(epochs, slice(lr / 10 / d, lr / 10), moms=moms, resume=resume)
 
-        logits = predict_logits(model, valid, bs=cfg.bs)
-        extra: dict = {
-            "label_cols": list(train_spec.label_cols or []),
-            "label_delim": train_spec.label_delim,
-            "text_cols": list(train_spec.text_cols or []),
-        }
-        if train.kind == "multi":
-            # one threshold per label, tuned on the validation set; the metrics use them
-            thr = tune_thresholds(valid.labels, sigmoid(logits))
-            extra["thresholds"] = {c: float(t) for c, t in zip(train.classes, thr)}
-        elif train.kind == "float":
-            extra["targets"] = list(train.cols or [])
-        m, _ = predictions_of(train.kind, logits, valid.labels, {"classes": train.classes, **extra})
-        headline = {k: m[k] for k in SUMMARY_KEYS[train.kind]}
-        report = {
-            "task": "fit_classifier",
-            "lm": str(lm_dir),
-            "train": {"path": train.path, "docs": len(train), "unk_rate": train.unk_rate},
-            "valid": {
-                "path": valid.path if valid_spec is not None else f"{cfg.valid_pct} of train",
-                "docs": len(valid),
-                "dropped_unseen_class": valid.dropped,
-            },
-            "direction": direction,
-            "label_kind": train.kind,
-            "classes": train.classes,
-            "valid_metrics": m,
-            "history": learn.history,
-            "config": _config_json(cfg),
-            "dry_run": cfg.dry_run,
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        meta = {"trained": "fit_classifier", "lm": str(lm_dir), "valid": headline}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with staged_dir(out_dir / MODEL_DIR, overwrite=overwrite) as tmp:
-            write_classifier_files(
-                tmp,
-                model,
-                vocab,
-                train.classes,
-                arch,
-                cfg,
-                meta,
-                kind=train.kind,
-                n_out=n_out,
-                extra=extra,
-                direction=direction,
+        def finish() -> dict:  # rank 0: predict, report and publish; the others wait
+            logits = predict_logits(model, valid, bs=cfg.bs)
+            extra: dict = {
+                "label_cols": list(train_spec.label_cols or []),
+                "label_delim": train_spec.label_delim,
+                "text_cols": list(train_spec.text_cols or []),
+            }
+            if train.kind == "multi":
+                # one threshold per label, tuned on the validation set; the metrics use them
+                thr = tune_thresholds(valid.labels, sigmoid(logits))
+                extra["thresholds"] = {c: float(t) for c, t in zip(train.classes, thr)}
+            elif train.kind == "float":
+                extra["targets"] = list(train.cols or [])
+            m, _ = predictions_of(
+                train.kind, logits, valid.labels, {"classes": train.classes, **extra}
             )
+            headline = {k: m[k] for k in SUMMARY_KEYS[train.kind]}
+            report = {
+                "task": "fit_classifier",
+                "lm": str(lm_dir),
+                "train": {"path": train.path, "docs": len(train), "unk_rate": train.unk_rate},
+                "valid": {
+                    "path": valid.path if valid_spec is not None else f"{cfg.valid_pct} of train",
+                    "docs": len(valid),
+                    "dropped_unseen_class": valid.dropped,
+                },
+                "direction": direction,
+                "label_kind": train.kind,
+                "classes": train.classes,
+                "valid_metrics": m,
+                "history": learn.history,
+                "config": _config_json(cfg),
+                "dry_run": cfg.dry_run,
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            meta = {"trained": "fit_classifier", "lm": str(lm_dir), "valid": headline}
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with staged_dir(out_dir / MODEL_DIR, overwrite=overwrite) as tmp:
+                write_classifier_files(
+                    tmp,
+                    model,
+                    vocab,
+                    train.classes,
+                    arch,
+                    cfg,
+                    meta,
+                    kind=train.kind,
+                    n_out=n_out,
+                    extra=extra,
+                    direction=direction,
+                )
 
-        def _report(tmp: Path) -> None:
-            (tmp / "metrics.json").write_text(json.dumps(report, indent=1), "utf-8")
-            # raw validation outputs, so that an ensemble can be scored without re-predicting
-            np.savez(tmp / VALID_OUTPUTS, rows=valid.rows, logits=logits, labels=valid.labels)
-            write_report_files(tmp, m)
-            (tmp / "train").mkdir()
-            for f in work.iterdir():
-                if f.suffix != ".pt":  # the checkpoint is a pickle: not kept
-                    shutil.move(str(f), tmp / "train" / f.name)
+            def _report(tmp: Path) -> None:
+                (tmp / "metrics.json").write_text(json.dumps(report, indent=1), "utf-8")
+                # raw validation outputs, so that an ensemble can be scored without re-predicting
+                np.savez(tmp / VALID_OUTPUTS, rows=valid.rows, logits=logits, labels=valid.labels)
+                write_report_files(tmp, m)
+                (tmp / "train").mkdir()
+                for f in work.iterdir():
+                    if f.suffix != ".pt":  # the checkpoint is a pickle: not kept
+                        shutil.move(str(f), tmp / "train" / f.name)
 
-        with staged_dir(out_dir / REPORT_DIR, overwrite=clear_report(out_dir, overwrite)) as tmp:
-            _report(tmp)
+            with staged_dir(
+                out_dir / REPORT_DIR, overwrite=clear_report(out_dir, overwrite)
+            ) as tmp:
+                _report(tmp)
+            return {
+                "out": str(out_dir),
+                "model": str(out_dir / MODEL_DIR),
+                "report": str(out_dir / REPORT_DIR / "metrics.json"),
+                "label_kind": train.kind,
+                "classes": train.classes,
+                **({"thresholds": extra["thresholds"]} if "thresholds" in extra else {}),
+                "valid": headline,
+                "seconds": report["seconds"],
+            }
+
+        result = distributed.on_main(finish)
         finished = True
     finally:
         # an interrupted run with a key keeps its checkpoint for the next attempt
-        if finished or stage_key is None or not (work / CHECKPOINT).exists():
+        if main and (finished or stage_key is None or not (work / CHECKPOINT).exists()):
             shutil.rmtree(work, ignore_errors=True)
-    return {
-        "out": str(out_dir),
-        "model": str(out_dir / MODEL_DIR),
-        "report": str(out_dir / REPORT_DIR / "metrics.json"),
-        "label_kind": train.kind,
-        "classes": train.classes,
-        **({"thresholds": extra["thresholds"]} if "thresholds" in extra else {}),
-        "valid": headline,
-        "seconds": report["seconds"],
-    }
+    return result
 
 
 def _config_json(cfg: ClassifierConfig) -> dict:

@@ -23,6 +23,12 @@ naming the setting). Without it an existing ``DIR.partial`` is an error, never d
 success the model directory is published in one rename, with the logs (not the checkpoint, a
 pickle) in ``DIR/train``, and ``DIR.partial`` is removed. ``pretrain_lr_find`` and
 ``finetune_lm_lr_find`` run the learning-rate range test on the same model and data instead.
+
+Several processes (``torchrun ... ulmfit pretrain``, see :mod:`ulmfit.train.distributed`):
+every rank prepares the data (from the shared cache) and trains on its own contiguous slice
+of the streams (``bs`` rows per rank, ``bs * world_size`` rows in all); rank 0 alone decides
+whether to resume, writes ``DIR.partial``, evaluates, and publishes the model directory. The
+other ranks return once training is over.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -515,8 +521,22 @@ def _lm_loader(ids: np.ndarray, offsets: np.ndarray, cfg: LMTrainConfig, train: 
     n_tok = int(offsets[-1] - offsets[0])
     if n_tok < 2:
         raise UserError(f"the {'training' if train else 'validation'} text has too few tokens")
-    bs = min(cfg.bs, n_tok - 1)
-    loader = LMLoader(ids, offsets, bs=bs, bptt=cfg.bptt, shuffle=train, seed=cfg.seed)
+    from ulmfit.train import distributed
+
+    d = distributed.info()
+    if n_tok - 1 < d.world_size:
+        raise UserError(f"the {'training' if train else 'validation'} text is too short to share")
+    bs = min(cfg.bs, (n_tok - 1) // d.world_size)
+    loader = LMLoader(
+        ids,
+        offsets,
+        bs=bs,
+        bptt=cfg.bptt,
+        shuffle=train,
+        seed=cfg.seed,
+        rank=d.rank,
+        world_size=d.world_size,
+    )
     return FewBatches(loader, DRY_RUN_BATCHES) if cfg.dry_run and train else loader
 
 
@@ -528,11 +548,11 @@ def _stream(docs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _device_of(cfg: LMTrainConfig) -> torch.device:
-    dev = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(dev)
-    except RuntimeError as e:
-        raise UserError(f"bad --device {dev!r}: {e}") from None
+    """``cfg.device`` (default cuda if available); under torchrun a bare ``cuda`` is this
+    process's GPU (``LOCAL_RANK``)."""
+    from ulmfit.train import distributed
+
+    return distributed.device_for(cfg.device, distributed.info().local_rank)
 
 
 def _learner(model, train_loader, valid_loader, cfg: LMTrainConfig, log_dir: Path):
@@ -582,6 +602,19 @@ def _result(out: Path, report: dict) -> dict:
         "training_log": str(out / TRAIN_LOG_DIR / "metrics.jsonl"),
         "resumed": report.get("resumed", False),
         "seconds": report["seconds"],
+    }
+
+
+def _worker_result(out: Path, resumed: bool, t0: float) -> dict:
+    """What a rank other than 0 returns: it trained, rank 0 writes and reports."""
+    from ulmfit.train import distributed
+
+    return {
+        "out": str(out),
+        "report": str(out / REPORT_FILE),
+        "rank": distributed.rank(),
+        "resumed": resumed,
+        "seconds": round(time.perf_counter() - t0, 3),
     }
 
 
@@ -944,26 +977,40 @@ def pretrain(
     Training runs in ``DIR.partial`` (see :func:`partial_dir`) with a checkpoint per epoch;
     ``resume`` continues an unfinished run there (same settings and data, else UserError)."""
     from ulmfit.models.io import check_target
+    from ulmfit.train import distributed
 
     cfg = cfg or PretrainConfig()
     _check_config(cfg)
+    distributed.init(cfg.device)
+    main = distributed.is_main()
+    cfg = cfg if main else replace(cfg, verbose=False, progress=False)
     t0 = time.perf_counter()
-    out_dir = check_target(Path(out_dir), cfg.overwrite)
     run = _run_settings("pretrain", cfg)
-    partial, previous = _open_partial(out_dir, run, resume, cfg)
+
+    def open_run() -> tuple[Path, Path, dict | None]:
+        out = check_target(Path(out_dir), cfg.overwrite)
+        return (out, *_open_partial(out, run, resume, cfg))
+
+    out_dir, partial, previous = distributed.on_main(open_run)
     s = _pretrain_setup(specs, cfg, valid)
     run.update(s.keys)
-    if previous is not None:
-        _check_same(partial, previous, run, ("data", "valid"))
-        _say(cfg, f"--resume: continuing the unfinished run in {partial}")
-    else:
-        _create_partial(partial, run)
-    with _keep_if_resumable(partial, created=previous is None):
+
+    def start_run() -> None:
+        if previous is not None:
+            _check_same(partial, previous, run, ("data", "valid"))
+            _say(cfg, f"--resume: continuing the unfinished run in {partial}")
+        else:
+            _create_partial(partial, run)
+
+    distributed.on_main(start_run)
+    with _keep_if_resumable(partial, created=previous is None and main):
         learn = _learner(s.model, s.train_loader, s.valid_loader, cfg, partial / TRAIN_LOG_DIR)
         epochs = 1 if cfg.dry_run else cfg.epochs
         learn.fit_one_cycle(
             epochs, cfg.lr, moms=tuple(cfg.moms), wd=cfg.wd, resume=previous is not None
         )
+        if not main:  # rank 0 evaluates and publishes
+            return _worker_result(out_dir, previous is not None, t0)
         after = lm_eval(s.model, s.vocab, s.valid_docs) if s.valid_docs else None
         report = {
             "task": "pretrain",
@@ -1007,32 +1054,45 @@ def finetune_lm(
     unfinished run there: the finished stage is skipped, the interrupted one continues from its
     last checkpoint, and the "before" metrics are the ones measured when the run started."""
     from ulmfit.models.io import check_target
+    from ulmfit.train import distributed
 
     cfg = cfg or FinetuneLMConfig()
     _check_finetune(cfg)
+    distributed.init(cfg.device)
+    main = distributed.is_main()
+    cfg = cfg if main else replace(cfg, verbose=False, progress=False)
     t0 = time.perf_counter()
-    out_dir = check_target(Path(out_dir), cfg.overwrite)
     run = _run_settings("finetune_lm", cfg)
-    partial, previous = _open_partial(out_dir, run, resume, cfg)
+
+    def open_run() -> tuple[Path, Path, dict | None]:
+        out = check_target(Path(out_dir), cfg.overwrite)
+        return (out, *_open_partial(out, run, resume, cfg))
+
+    out_dir, partial, previous = distributed.on_main(open_run)
     loaded = _load_pretrained(pretrained, vocab, cfg)
     run["pretrained"] = loaded[3]
     if previous is not None:
-        _check_same(partial, previous, run, ("pretrained",))
+        distributed.on_main(lambda: _check_same(partial, previous, run, ("pretrained",)))
     s = _finetune_setup(specs, loaded, cfg)
     del loaded
     run.update(s.keys)
-    before = None
-    if previous is not None:
-        _check_same(partial, previous, run, ("data",))
-        with contextlib.suppress(OSError, ValueError):
-            before = json.loads((partial / BEFORE_FILE).read_text(encoding="utf-8"))
-    if before is None:  # a fresh run (or a before.json removed by hand)
-        before = lm_eval(s.model, s.vocab, s.valid_docs)
-    if previous is None:
-        _create_partial(partial, run, before)
-    else:
-        _say(cfg, f"--resume: continuing the unfinished run in {partial}")
-    with _keep_if_resumable(partial, created=previous is None):
+
+    def start_run() -> dict | None:
+        before = None
+        if previous is not None:
+            _check_same(partial, previous, run, ("data",))
+            with contextlib.suppress(OSError, ValueError):
+                before = json.loads((partial / BEFORE_FILE).read_text(encoding="utf-8"))
+        if before is None:  # a fresh run (or a before.json removed by hand)
+            before = lm_eval(s.model, s.vocab, s.valid_docs)
+        if previous is None:
+            _create_partial(partial, run, before)
+        else:
+            _say(cfg, f"--resume: continuing the unfinished run in {partial}")
+        return before
+
+    before = distributed.on_main(start_run)  # rank 0 measures, the others wait
+    with _keep_if_resumable(partial, created=previous is None and main):
         learn = _learner(s.model, s.train_loader, s.valid_loader, cfg, partial / TRAIN_LOG_DIR)
         moms, again = tuple(cfg.moms), previous is not None
         frozen_epochs = min(cfg.frozen_epochs, 1) if cfg.dry_run else cfg.frozen_epochs
@@ -1042,6 +1102,8 @@ def finetune_lm(
         learn.unfreeze()
         epochs = 1 if cfg.dry_run else cfg.epochs
         learn.fit_one_cycle(epochs, cfg.lr, moms=moms, wd=cfg.wd, resume=again)
+        if not main:  # rank 0 evaluates and publishes
+            return _worker_result(out_dir, again, t0)
         after = lm_eval(s.model, s.vocab, s.valid_docs)
         report = {
             "task": "finetune_lm",
@@ -1088,6 +1150,11 @@ class LRFindConfig:
 
 def _lr_find(s: _Setup, cfg: LMTrainConfig, find: LRFindConfig, plot: Path, freeze: bool) -> dict:
     import tempfile
+
+    from ulmfit.train import distributed
+
+    if distributed.env_world()[1] > 1:
+        raise UserError("--lr-find runs in one process: start it with python, not torchrun")
 
     with tempfile.TemporaryDirectory(prefix="ulmfit-lr-find-") as logs:
         learn = _learner(s.model, s.train_loader, None, cfg, Path(logs))

@@ -18,6 +18,11 @@ setting retrains only the classifier, and changing nothing re-does only the test
 A stage whose key changed is trained again and replaces its folder. An interrupted stage
 continues from its last epoch checkpoint on the next run with the same key (the LM in
 ``RUN/lm.partial``, a classifier in ``.classifier-train`` inside its folder).
+
+Under ``torchrun`` every rank runs the chain and trains each stage together; rank 0 alone
+reads and writes RUN (stages.json, the stage folders, the reports) and broadcasts what it
+found, so the other ranks follow the same path. The classifier stage loads the language
+model rank 0 published: with several machines RUN must be on a shared file system.
 """
 
 from __future__ import annotations
@@ -159,41 +164,63 @@ def _done(out_dir: Path, name: str, key: str, *files: Path) -> bool:
 def _lm_stage(texts, pretrained, vocab, run_dir: Path, name: str, key: str, lm_cfg, cfg) -> dict:
     """Fine-tune (or reuse, or continue) the language model of one direction."""
     from ulmfit.tasks.language_model import _result, finetune_lm, partial_dir
+    from ulmfit.train import distributed
 
     target = run_dir / name
     report = target / "report.json"
-    if _done(run_dir, name, key, target / "config.json", report):
-        _say(cfg, f"{target}: unchanged inputs and settings, reused")
-        return {**_result(target, json.loads(report.read_text(encoding="utf-8"))), "reused": True}
-    partial = partial_dir(target)
     attempt = run_dir / f".{name}.key"  # the key of the run that owns RUN/<name>.partial
-    resume = False
-    if partial.exists():
-        with contextlib.suppress(OSError):
-            resume = attempt.read_text(encoding="utf-8").strip() == key
-        if not resume:
-            _say(cfg, f"{partial}: an unfinished run with other inputs or settings, removed")
-            shutil.rmtree(partial)
-    attempt.write_text(key, encoding="utf-8")
+
+    def plan() -> tuple[dict | None, bool]:  # rank 0: (reused result, or None; resume?)
+        if _done(run_dir, name, key, target / "config.json", report):
+            _say(cfg, f"{target}: unchanged inputs and settings, reused")
+            rep = json.loads(report.read_text(encoding="utf-8"))
+            return {**_result(target, rep), "reused": True}, False
+        partial = partial_dir(target)
+        resume = False
+        if partial.exists():
+            with contextlib.suppress(OSError):
+                resume = attempt.read_text(encoding="utf-8").strip() == key
+            if not resume:
+                _say(cfg, f"{partial}: an unfinished run with other inputs or settings, removed")
+                shutil.rmtree(partial)
+        attempt.write_text(key, encoding="utf-8")
+        return None, resume
+
+    reused, resume = distributed.on_main(plan)
+    if reused is not None:
+        return reused
     res = finetune_lm(
         texts, pretrained, target, replace(lm_cfg, overwrite=True), vocab=vocab, resume=resume
     )
-    _record_stage(run_dir, name, key)
-    attempt.unlink(missing_ok=True)
-    return {**res, "reused": False}
+
+    def record() -> dict:  # after rank 0 published the model: the others may load it
+        _record_stage(run_dir, name, key)
+        attempt.unlink(missing_ok=True)
+        return {**res, "reused": False}
+
+    return distributed.on_main(record)
 
 
 def _classifier_stage(train_spec, valid_spec, lm_dir: Path, run_dir: Path, out: Path,
                       name: str, key: str, cfg) -> dict:  # fmt: skip
     """Train (or reuse, or continue) the classifier of one direction into ``out``."""
+    from ulmfit.train import distributed
+
     metrics = out / REPORT_DIR / "metrics.json"
-    if _done(run_dir, name, key, out / MODEL_DIR / "config.json", metrics):
-        _say(cfg, f"{out / MODEL_DIR}: unchanged inputs and settings, reused")
-        return _summary(out, json.loads(metrics.read_text(encoding="utf-8")), reused=True)
+
+    def reused() -> dict | None:
+        if _done(run_dir, name, key, out / MODEL_DIR / "config.json", metrics):
+            _say(cfg, f"{out / MODEL_DIR}: unchanged inputs and settings, reused")
+            return _summary(out, json.loads(metrics.read_text(encoding="utf-8")), reused=True)
+        return None
+
+    done = distributed.on_main(reused)
+    if done is not None:
+        return done
     res = fit_classifier(
         train_spec, lm_dir, out, cfg, valid_spec=valid_spec, overwrite=True, stage_key=key
     )
-    _record_stage(run_dir, name, key)
+    distributed.on_main(lambda: _record_stage(run_dir, name, key))
     return {**res, "reused": False}
 
 
@@ -310,8 +337,13 @@ def fit(
     (``RUN/report/test.json``, ``test_per_class.csv``, ``test_confusion.png``). ``baseline``
     also fits NB-SVM and TF-IDF + LR on the same files and scores them on the test file
     (``RUN/report/baselines.json``), the bar the classifier has to clear."""
+    from ulmfit.train import distributed
+
     cfg = cfg or ClassifierConfig()
     _check_config(cfg)
+    distributed.init(cfg.device)
+    if not distributed.is_main():
+        cfg = replace(cfg, verbose=False, progress=False)
     if direction not in DIRECTIONS:
         raise UserError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
     dirs = ["fwd", "bwd"] if direction == "both" else [direction]
@@ -321,7 +353,7 @@ def fit(
             flag = "--pretrained" if d == "fwd" else "--pretrained-bwd"
             raise UserError(f"--direction {direction} needs a {flag} language model")
     out_dir = Path(out_dir)
-    _check_run_folder(out_dir)
+    distributed.on_main(lambda: _check_run_folder(out_dir))
     lm_cfg = lm_cfg or lm_config_for(cfg)
     texts = [
         replace(s, label_cols=None, label_delim=None)
@@ -335,7 +367,7 @@ def fit(
         if spec is not None:
             read_labels(spec, labels.classes, kind=labels.kind)
     cfg = replace(cfg, label_kind=labels.kind)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    distributed.on_main(lambda: out_dir.mkdir(parents=True, exist_ok=True))
 
     text_keys = [_spec_key(s) for s in texts]
     label_keys = [_spec_key(s) if s is not None else None for s in (train_spec, valid_spec)]
@@ -356,18 +388,23 @@ def fit(
         )
         suffix = "" if d == "fwd" else f"_{d}"
         result[f"lm{suffix}"], result[f"classifier{suffix}"] = lm, clf
-    if len(dirs) > 1:
-        result["classifier"] = {**_ensemble_stage(out_dir, dirs, cfg), "fwd": result["classifier"]}
-    if test_spec is not None:
-        t = evaluate(out_dir, test_spec, bs=cfg.bs, device=cfg.device, dry_run=cfg.dry_run)
-        rep = out_dir / REPORT_DIR
-        (rep / "test.json").write_text(json.dumps(t, indent=1), "utf-8")
-        write_report_files(rep, t, prefix="test_")
-        result["test"] = {k: t[k] for k in SUMMARY_KEYS[t["label_kind"]]}
-        if baseline:
-            result["baselines"] = _baselines(train_spec, test_spec, cfg, rep)
-    result["out"] = str(out_dir)
-    return result
+
+    def finish() -> dict:  # rank 0 alone: the ensemble, the test score, the baselines
+        if len(dirs) > 1:
+            ens = _ensemble_stage(out_dir, dirs, cfg)
+            result["classifier"] = {**ens, "fwd": result["classifier"]}
+        if test_spec is not None:
+            t = evaluate(out_dir, test_spec, bs=cfg.bs, device=cfg.device, dry_run=cfg.dry_run)
+            rep = out_dir / REPORT_DIR
+            (rep / "test.json").write_text(json.dumps(t, indent=1), "utf-8")
+            write_report_files(rep, t, prefix="test_")
+            result["test"] = {k: t[k] for k in SUMMARY_KEYS[t["label_kind"]]}
+            if baseline:
+                result["baselines"] = _baselines(train_spec, test_spec, cfg, rep)
+        result["out"] = str(out_dir)
+        return result
+
+    return distributed.on_main(finish)
 
 
 __all__ = ["fit", "lm_config_for", "read_stages"]

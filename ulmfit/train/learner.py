@@ -17,6 +17,18 @@ multi-stage script (freeze, fit, unfreeze, fit, ...) can be re-run as a whole wi
 
 Files in ``out_dir``: ``checkpoint.pt`` (latest, replaced atomically), ``metrics.jsonl`` (one
 line per epoch), ``steps.jsonl`` (one line per optimizer step), ``loss.png``.
+
+Several processes (``torchrun``, see :mod:`ulmfit.train.distributed`). The model is wrapped in
+PyTorch's ``DistributedDataParallel`` for the training forward/backward; ``self.model`` stays
+the plain module (``reset()``, ``state_dict``, freezing, validation). DDP registers its
+gradient hooks for the parameters that require a gradient *when it is built*, so after a
+freeze change the wrapper is rebuilt (at the start of the next epoch) instead of running with
+``find_unused_parameters=True``, which would search the graph at every step and hide real bugs.
+Each rank's loader yields its own shard of the global batch; the reported step loss and the
+validation sums are reduced over ranks, so every rank logs and decides on the same numbers.
+Only rank 0 writes files; on ``resume`` it reads the checkpoint and broadcasts it, so the
+machines need not share a file system. Dropout masks differ between ranks (the epoch seed is
+offset by the rank), as they would between the rows of one big batch.
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ulmfit.errors import UserError
-from ulmfit.train import optim
+from ulmfit.train import distributed, optim
 from ulmfit.train.schedules import Schedule, ScheduleName
 
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
@@ -49,6 +61,7 @@ METRICS = "metrics.jsonl"
 STEPS = "steps.jsonl"
 LOSS_PLOT = "loss.png"
 _FORMAT = 1
+_RANK_SEED_STRIDE = 1_000_003  # rank r seeds epoch e with seed + e + r * stride
 
 
 @dataclass(frozen=True)
@@ -382,6 +395,20 @@ class _Counters:
     history: list[dict] = field(default_factory=list)
 
 
+class _DDPView:
+    """What a :class:`Task` sees under DDP: calls go through the DDP wrapper (so gradients
+    are averaged), attributes such as ``raw_out`` or ``out_mask`` come from the module."""
+
+    def __init__(self, ddp: nn.Module, module: nn.Module) -> None:
+        self._ddp, self._module = ddp, module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._ddp(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
 class Learner:
     """Trains ``model`` on ``train_loader`` with a :class:`Task`, logging to ``out_dir``.
 
@@ -401,9 +428,12 @@ class Learner:
         config: TrainConfig = TrainConfig(),
     ) -> None:
         self.config = config
-        dev = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = torch.device(dev)
+        self.dist = distributed.info()
+        self.main = self.dist.rank == 0
+        self.device = distributed.device_for(config.device, self.dist.local_rank)
         self.model = model.to(self.device)
+        self._ddp: nn.Module | None = None
+        self._ddp_key: tuple[bool, ...] | None = None
         self.train_loader, self.valid_loader, self.task = train_loader, valid_loader, task
         if layer_groups is None:
             layer_groups = model.layer_groups() if hasattr(model, "layer_groups") else [[model]]
@@ -430,6 +460,20 @@ class Learner:
         """Train all layer groups."""
         self.frozen_idx = optim.unfreeze(self.groups)
 
+    def _net(self) -> Any:
+        """The model to train through: the module itself, or (several processes) a DDP view,
+        rebuilt when the set of trainable parameters changed (see module doc)."""
+        if not self.dist.enabled:
+            return self.model
+        key = tuple(p.requires_grad for p in self.model.parameters())
+        if self._ddp is None or key != self._ddp_key:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+            self._ddp_key = key
+        return _DDPView(self._ddp, self.model)
+
     @property
     def history(self) -> list[dict]:
         """The per-epoch records of this learner's runs (as in ``metrics.jsonl``)."""
@@ -450,7 +494,7 @@ class Learner:
         """Forward, backward, clip, step. Returns (reported loss, n, grad norm, extras)."""
         batch = _to_device(batch, self.device)
         with self._autocast():
-            out = self.task.train_step(self.model, batch)
+            out = self.task.train_step(self._net(), batch)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         grad_norm = None
@@ -464,7 +508,12 @@ class Learner:
         reported = extras.pop("loss", None)
         if reported is None:
             reported = float(out.loss.detach().item())
-        return reported, int(out.n), grad_norm, extras
+        n = int(out.n)
+        if self.dist.enabled:  # the global batch's loss, the same on every rank
+            t = torch.tensor([reported * n, float(n)], dtype=torch.float64, device=self.device)
+            s, n_all = distributed.all_reduce_tensor(t).tolist()
+            reported, n = s / max(n_all, 1.0), int(n_all)
+        return reported, n, grad_norm, extras
 
     # -- validation -------------------------------------------------------------------
     @torch.no_grad()
@@ -483,7 +532,9 @@ class Learner:
             for k, v in res.items():
                 v = v.detach().double() if isinstance(v, Tensor) else float(v)
                 sums[k] = sums.get(k, 0.0) + v
-        return self.task.summarize({k: _item(v) for k, v in sums.items()})
+        # each rank read its own shard: the totals are the sums over ranks
+        totals = distributed.all_reduce_sums({k: _item(v) for k, v in sums.items()})
+        return self.task.summarize(totals)
 
     # -- fitting ----------------------------------------------------------------------
     def fit_one_cycle(
@@ -525,8 +576,13 @@ class Learner:
         stage = self._c.stage
         self._c.stage += 1
         start = 0
-        if resume and (self.out_dir / CHECKPOINT).exists():
-            ckpt = self._read_checkpoint(self.out_dir / CHECKPOINT)
+        ckpt = None
+        if resume:  # rank 0 reads, every rank gets the same checkpoint
+            path = self.out_dir / CHECKPOINT
+            ckpt = distributed.on_main(
+                lambda: self._read_checkpoint(path) if path.exists() else None
+            )
+        if ckpt is not None:
             if ckpt["stage"] > stage:
                 self._say(f"stage {stage}: finished in the checkpoint, skipped")
                 return self
@@ -539,7 +595,8 @@ class Learner:
                 self._restore(ckpt)
                 start = ckpt["stage_epoch"]
                 self._say(f"resumed from {self.out_dir / CHECKPOINT} at epoch {start}/{epochs}")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self._trim_logs(stage, start)
         first_epoch = self._c.epoch - start  # learner epoch of this stage's epoch 0
         for e in range(start, epochs):
@@ -558,13 +615,14 @@ class Learner:
             }
             self._c.epoch = first_epoch + e + 1
             self._c.history.append(rec)
-            with open(self.out_dir / METRICS, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            self.save_checkpoint(
-                self.out_dir / CHECKPOINT, stage=stage, stage_epoch=e + 1, plan=plan
-            )
-            if c.plot:
-                plot_losses(self.out_dir)
+            if self.main:  # the other ranks hold the same state: one writer is enough
+                with open(self.out_dir / METRICS, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                self.save_checkpoint(
+                    self.out_dir / CHECKPOINT, stage=stage, stage_epoch=e + 1, plan=plan
+                )
+                if c.plot:
+                    plot_losses(self.out_dir)
             self._say(self._summary(rec, epochs))
         return self
 
@@ -572,7 +630,7 @@ class Learner:
         """One epoch; returns the mean reported training loss, weighted by ``n``."""
         c, loader = self.config, self.train_loader
         loader.set_epoch(learner_epoch)
-        torch.manual_seed(c.seed + learner_epoch)
+        torch.manual_seed(c.seed + learner_epoch + self.dist.rank * _RANK_SEED_STRIDE)
         self.model.train()
         self.task.begin_epoch(self.model, training=True)
         n_batches = len(loader)
@@ -581,7 +639,8 @@ class Learner:
         total = plan.epochs * n_batches  # position i/n_batches within epoch e, as fastai
         bar = self._bar(loader, n_batches, f"epoch {e + 1}/{plan.epochs}")
         loss_sum, n_sum, avg = 0.0, 0, 0.0
-        with open(self.out_dir / STEPS, "a", buffering=1) as log:
+        logging = open(self.out_dir / STEPS, "a", buffering=1) if self.main else None
+        with logging or contextlib.nullcontext() as log:
             for i, batch in enumerate(bar):
                 if i >= n_batches:
                     raise ValueError(
@@ -609,7 +668,8 @@ class Learner:
                     **({"grad_norm": grad_norm} if grad_norm is not None else {}),
                     **extras,
                 }
-                log.write(json.dumps(rec) + "\n")
+                if log is not None:
+                    log.write(json.dumps(rec) + "\n")
         return loss_sum / max(n_sum, 1)
 
     # -- checkpoints ------------------------------------------------------------------
@@ -667,22 +727,25 @@ class Learner:
         def keep(r: dict) -> bool:
             return (r.get("stage", 0), r.get("epoch", 0)) < (stage, epoch)
 
-        _trim_jsonl(self.out_dir / STEPS, keep)
-        self._c.history = _trim_jsonl(self.out_dir / METRICS, keep)
+        def trim() -> list[dict]:
+            _trim_jsonl(self.out_dir / STEPS, keep)
+            return _trim_jsonl(self.out_dir / METRICS, keep)
+
+        self._c.history = distributed.on_main(trim)
 
     # -- output -----------------------------------------------------------------------
     def _bar(self, it: Iterable, total: int, desc: str) -> Iterable:
         show = self.config.progress
         if show is None:
             show = sys.stderr.isatty()
-        if not show:
+        if not show or not self.main:
             return it
         from tqdm.auto import tqdm
 
         return tqdm(it, total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
 
     def _say(self, msg: str) -> None:
-        if self.config.verbose:
+        if self.config.verbose and self.main:
             print(msg, file=sys.stderr, flush=True)
 
     @staticmethod
