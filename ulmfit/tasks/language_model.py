@@ -540,6 +540,57 @@ def _lm_loader(ids: np.ndarray, offsets: np.ndarray, cfg: LMTrainConfig, train: 
     return FewBatches(loader, DRY_RUN_BATCHES) if cfg.dry_run and train else loader
 
 
+_STREAM_CHUNK = 1 << 24  # tokens copied at a time by train_stream: flat memory
+
+
+def train_stream(
+    data, idx: np.ndarray, backwards: bool, cache_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training documents ``idx`` of a prepared corpus as a memory-mapped ``(ids,
+    offsets)`` pair, never a copy in RAM, so a corpus larger than memory can be pretrained on.
+
+    Every document in order, forwards: the prepared corpus itself. Otherwise (a held-out
+    split, or a backward model) the documents are copied, reversed if asked, in chunks of
+    ``_STREAM_CHUNK`` tokens into a cache entry keyed by the corpus entry, the documents and
+    the direction (every rank of a torchrun job, and a resumed run, reuse it)."""
+    from ulmfit.cache import Cache, key_of
+
+    offsets = np.asarray(data.offsets, dtype=np.int64)
+    idx = np.asarray(idx, dtype=np.int64)
+    if not backwards and np.array_equal(idx, np.arange(len(offsets) - 1)):
+        return data.ids, offsets
+    digest = hashlib.sha256(idx.tobytes()).hexdigest()
+    key = key_of({"v": 1, "data": data.path.name, "docs": digest, "backwards": backwards})
+    lengths = offsets[idx + 1] - offsets[idx]
+    new_off = np.zeros(len(idx) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_off[1:])
+    total = int(new_off[-1])
+
+    def write(tmp: Path) -> dict:
+        np.save(tmp / "offsets.npy", new_off)
+        if total == 0:
+            np.save(tmp / "ids.npy", np.zeros(0, dtype=data.ids.dtype))
+            return {"docs": len(idx), "tokens": 0}
+        out = np.lib.format.open_memmap(
+            tmp / "ids.npy", mode="w+", dtype=data.ids.dtype, shape=(total,)
+        )
+        a = 0
+        while a < len(idx):
+            b = int(np.searchsorted(new_off, new_off[a] + _STREAM_CHUNK, side="right")) - 1
+            b = min(max(b, a + 1), len(idx))
+            ids, off = gather_docs(data.ids, offsets, idx[a:b])
+            if backwards:
+                ids = reverse_docs(ids, off)
+            out[new_off[a] : new_off[b]] = ids
+            a = b
+        out.flush()
+        del out
+        return {"docs": len(idx), "tokens": total}
+
+    entry, _ = Cache(cache_dir).build("lm_train", key, write)
+    return np.load(entry / "ids.npy", mmap_mode="r"), np.load(entry / "offsets.npy")
+
+
 def _stream(docs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.zeros(len(docs) + 1, dtype=np.int64)
     np.cumsum([len(d) for d in docs], out=offsets[1:])
@@ -846,9 +897,7 @@ def _pretrain_setup(specs: list, cfg: PretrainConfig, valid: list | None) -> _Se
                 vocab,
                 backwards=cfg.backwards,
             )
-        train_ids, train_off = gather_docs(data.ids, data.offsets, train_idx)
-        if cfg.backwards:
-            train_ids = reverse_docs(train_ids, train_off)
+        train_ids, train_off = train_stream(data, train_idx, cfg.backwards, cfg.cache_dir)
     torch.manual_seed(cfg.seed)
     arch = AWDLSTMConfig(emb_sz=cfg.emb_sz, n_hid=cfg.n_hid, n_layers=cfg.n_layers)
     model = LanguageModel(len(vocab), arch.scaled(cfg.drop_mult)).to(device)

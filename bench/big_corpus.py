@@ -1,0 +1,169 @@
+"""Corpora larger than memory: peak memory of ``ulmfit prepare`` and of a few pretraining steps
+on a generated corpus, which should stay flat as the corpus grows.
+
+    python bench/big_corpus.py --gb 8 --workdir /big/disk      # the real check (slow)
+    python bench/big_corpus.py --mb 2 --no-write               # a smoke run
+
+The corpus is a ``.txt`` file, one document per line, of words drawn from a Zipf law over a
+50k-word vocabulary (so the vocabulary cut and the unknown-token path are exercised). Memory
+is the peak over time of the *anonymous* resident memory (RSS minus file-backed pages) of the
+process and its children (the tokenizer workers), sampled every 50 ms: pages of a memory-mapped
+corpus are file-backed and can be dropped by the kernel at any time, so they are not what runs
+a machine out of memory. With ``--limit-gb`` the commands also run under ``ulimit -v``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+ULMFIT = Path(sys.executable).with_name("ulmfit")
+
+# A few steps of pretraining on the whole (memory-mapped) corpus: the same setup code as
+# ``ulmfit pretrain`` (vocabulary, training stream, loader, learner), cut to ``steps`` batches.
+_PRETRAIN_STEPS = """
+import json, sys, tempfile
+from pathlib import Path
+from ulmfit.data.sources import SourceSpec
+from ulmfit.loaders import FewBatches
+from ulmfit.tasks.language_model import PretrainConfig, _learner, _pretrain_setup
+corpus, valid, cache, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+cfg = PretrainConfig(emb_sz=16, n_hid=32, n_layers=2, bs=8, bptt=32, workers=1,
+                     cache_dir=Path(cache), verbose=False, progress=False)
+s = _pretrain_setup([SourceSpec(path=Path(corpus))], cfg, [SourceSpec(path=Path(valid))])
+ids = s.train_loader.ids
+with tempfile.TemporaryDirectory() as logs:
+    learn = _learner(s.model, FewBatches(s.train_loader, steps), None, cfg, Path(logs))
+    learn.fit_one_cycle(1, 1e-3)
+print(json.dumps({"memmap": type(ids).__name__ == "memmap", "tokens": int(len(ids))}))
+"""
+
+
+def write_corpus(path: Path, n_bytes: int, seed: int = 0, vocab: int = 50_000) -> int:
+    """A ``.txt`` corpus of about ``n_bytes``, written in blocks (flat memory); returns docs."""
+    rng = np.random.default_rng(seed)
+    words = np.array([f"w{i}" for i in range(vocab)])
+    docs, written = 0, 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < n_bytes:
+            n = 2000
+            lens = rng.integers(10, 80, n)
+            toks = words[np.minimum(rng.zipf(1.2, int(lens.sum())) - 1, vocab - 1)]
+            cut = np.cumsum(lens)[:-1]
+            block = "".join(" ".join(d) + " .\n" for d in np.split(toks, cut))
+            f.write(block)
+            written += len(block)
+            docs += n
+    return docs
+
+
+def _anon_tree(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            m = p.memory_info()
+            total += max(m.rss - m.shared, 0)
+        except psutil.Error:
+            pass
+    return total
+
+
+def peak_memory(cmd: list[str], env: dict | None = None, limit_gb: float | None = None) -> dict:
+    """Run ``cmd``; returns rc, seconds, peak anonymous RSS (bytes, process tree), stdout."""
+    if limit_gb:
+        kb = int(limit_gb * 2**20)
+        cmd = ["bash", "-c", f'ulimit -v {kb} && exec "$@"', "bash", *cmd]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    ps = psutil.Process(proc.pid)
+    peak = [0]
+
+    def watch() -> None:
+        while proc.poll() is None:
+            try:
+                peak[0] = max(peak[0], _anon_tree(ps))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    out, err = proc.communicate()
+    t.join()
+    return {
+        "rc": proc.returncode,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "peak_anon_mb": round(peak[0] / 2**20, 1),
+        "stdout": out,
+        "stderr": err[-2000:],
+    }
+
+
+def run(n_bytes: int, work: Path, steps: int = 20, limit_gb: float | None = None) -> dict:
+    """Generate, prepare and pretrain a few steps in ``work``; the measurements."""
+    corpus, valid, cache = work / "corpus.txt", work / "valid.txt", work / "cache"
+    t0 = time.perf_counter()
+    docs = write_corpus(corpus, n_bytes)
+    write_corpus(valid, 50_000, seed=1)
+    gen = time.perf_counter() - t0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ULMFIT_CACHE": str(cache)}
+    prep = peak_memory(
+        [str(ULMFIT), "prepare", str(corpus), "--cache-dir", str(cache), "--json"],
+        env,
+        limit_gb,
+    )
+    res = {
+        "corpus_mb": round(corpus.stat().st_size / 2**20, 1),
+        "docs": docs,
+        "generate_seconds": round(gen, 1),
+        "prepare": {k: v for k, v in prep.items() if k not in ("stdout", "stderr")},
+    }
+    if prep["rc"] != 0:
+        res["prepare"]["stderr"] = prep["stderr"]
+        return res
+    pre = peak_memory(
+        [sys.executable, "-c", _PRETRAIN_STEPS, str(corpus), str(valid), str(cache), str(steps)],
+        env,
+        limit_gb,
+    )
+    res["pretrain_steps"] = {k: v for k, v in pre.items() if k not in ("stdout", "stderr")}
+    if pre["rc"] == 0:
+        res["pretrain_steps"].update(json.loads(pre["stdout"].strip().splitlines()[-1]))
+    else:
+        res["pretrain_steps"]["stderr"] = pre["stderr"]
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--gb", type=float, help="corpus size in GB")
+    size.add_argument("--mb", type=float, help="corpus size in MB (default 64)")
+    ap.add_argument("--steps", type=int, default=20, help="pretraining steps")
+    ap.add_argument("--limit-gb", type=float, help="also run under ulimit -v of this many GB")
+    ap.add_argument("--workdir", type=Path, help="where to generate (default: a temp folder)")
+    ap.add_argument("--no-write", action="store_true", help="do not write bench/big_corpus.json")
+    args = ap.parse_args()
+    n_bytes = int((args.gb * 2**30) if args.gb else (args.mb or 64) * 2**20)
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="ulmfit-big-") as work:
+        res = run(n_bytes, Path(work), args.steps, args.limit_gb)
+    print(json.dumps(res, indent=1))
+    if not args.no_write:
+        (REPO / "bench" / "big_corpus.json").write_text(json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
