@@ -30,6 +30,7 @@ import gzip  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
+import shlex  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
@@ -129,7 +130,7 @@ def run(args: list[str]) -> tuple[dict, float, str]:
     return (
         json.loads(out.stdout.strip().splitlines()[-1]),
         time.perf_counter() - t0,
-        "ulmfit " + " ".join(args),
+        "ulmfit " + shlex.join(args),
     )
 
 
