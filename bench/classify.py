@@ -112,12 +112,12 @@ def dataset(name: str, work: Path, train_rows: int = 0, test_rows: int = 0) -> d
         _, test = _read(d / "test.csv.gz")
         rng = random.Random(0)
         train, test = rng.sample(train, train_rows or 1000), rng.sample(test, test_rows or 1000)
-        counts = {k: sum(r["label"] == k for r in test) for k in ("neg", "pos")}
+        counts = {k: sum(r["label"] == k for r in test) for k in ("negative", "positive")}
         return {
             "train": _write(work / "imdb_train.csv", fields, train),
             "test": _write(work / "imdb_test.csv", fields, test),
             "split": SPLITS["imdb"].format(train=f"{len(train):,}", test=f"{len(test):,}")
-            + f" (test: {counts['neg']} neg, {counts['pos']} pos)",
+            + f" (test: {counts['negative']} negative, {counts['positive']} positive)",
         }
     raise SystemExit(f"unknown dataset {name!r}")
 
