@@ -34,3 +34,23 @@ def write_csv(path, rows: list[dict], fields=None) -> str:
         w.writeheader()
         w.writerows(rows)
     return str(path)
+
+
+def tiny_lms(folder, texts: list[str]) -> list[str]:
+    """Tiny forward and backward language models (emb 8, hidden 16, 2 layers) over the
+    vocabulary of ``texts``, saved as ``folder/pre_fwd`` and ``folder/pre_bwd``: pretrained
+    models small enough that a whole ``fit`` dry run takes seconds. Returns the vocabulary."""
+    import torch
+
+    from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+    from ulmfit.models.io import save_model_dir
+    from ulmfit.tasks.language_model import tokenize_texts
+    from ulmfit.text.rules import SPECIAL_TOKENS
+
+    vocab = list(SPECIAL_TOKENS)
+    vocab += [t for t in tokenize_texts(texts).vocab if t not in vocab]
+    for direction, seed in (("fwd", 0), ("bwd", 1)):
+        torch.manual_seed(seed)
+        lm = LanguageModel(len(vocab), AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=2))
+        save_model_dir(Path(folder) / f"pre_{direction}", lm, vocab, direction=direction)
+    return vocab

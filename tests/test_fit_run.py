@@ -6,21 +6,20 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_lms
 from conftest import trec_rows as _rows
 from conftest import write_csv as _write
 
 from ulmfit.cli import main
 from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
-from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel, ar_tar_loss
+from ulmfit.models.awd_lstm import ar_tar_loss
 from ulmfit.models.classifier import masked_ar_tar
-from ulmfit.models.io import save_model_dir
 from ulmfit.tasks import classifier as clf_mod
 from ulmfit.tasks.classifier import ClassifierConfig, load_classifier, predict_logits
 from ulmfit.tasks.ensemble import load_members, mean_outputs
-from ulmfit.tasks.language_model import reverse_docs, tokenize_texts
+from ulmfit.tasks.language_model import reverse_docs
 from ulmfit.tasks.run import fit, read_stages
-from ulmfit.text.rules import SPECIAL_TOKENS
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +29,7 @@ def setup(tmp_path_factory):
     train_rows = _rows(80)
     seen = {r["label"] for r in train_rows}
     test_rows = [r for r in _rows(200, 80) if r["label"] in seen][:20]
-    vocab = list(SPECIAL_TOKENS)
-    vocab += [t for t in tokenize_texts([r["text"] for r in train_rows]).vocab if t not in vocab]
-    for direction, seed in (("fwd", 0), ("bwd", 1)):
-        torch.manual_seed(seed)
-        lm = LanguageModel(len(vocab), AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=2))
-        save_model_dir(d / f"pre_{direction}", lm, vocab, direction=direction)
+    vocab = tiny_lms(d, [r["text"] for r in train_rows])
     return {
         "dir": d,
         "train": _write(d / "train.csv", train_rows),

@@ -12,8 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-from conftest import REPO
+from conftest import REPO, tiny_lms
 from conftest import trec_rows as _rows
 from conftest import write_csv as _write
 
@@ -21,13 +20,9 @@ import ulmfit
 from ulmfit.cli import main
 from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
-from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
-from ulmfit.models.io import save_model_dir
 from ulmfit.predict import Predictor, softmax
 from ulmfit.tasks.classifier import ClassifierConfig, evaluate
-from ulmfit.tasks.language_model import tokenize_texts
 from ulmfit.tasks.run import fit
-from ulmfit.text.rules import SPECIAL_TOKENS
 
 _BUILT: dict = {}
 
@@ -41,12 +36,7 @@ def tiny_models(tmp_path_factory) -> dict:
     train_rows = _rows(80)
     seen = {r["label"] for r in train_rows}
     test_rows = [r for r in _rows(200, 80) if r["label"] in seen][:20]
-    vocab = list(SPECIAL_TOKENS)
-    vocab += [t for t in tokenize_texts([r["text"] for r in train_rows]).vocab if t not in vocab]
-    for direction, seed in (("fwd", 0), ("bwd", 1)):
-        torch.manual_seed(seed)
-        lm = LanguageModel(len(vocab), AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=2))
-        save_model_dir(d / f"pre_{direction}", lm, vocab, direction=direction)
+    tiny_lms(d, [r["text"] for r in train_rows])
     train = _write(d / "train.csv", train_rows)
     cfg = ClassifierConfig(
         dry_run=True, device="cpu", workers=1, bs=16, verbose=False, cache_dir=d / "cache"
