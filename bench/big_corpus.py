@@ -9,7 +9,13 @@ The corpus is a ``.txt`` file, one document per line, of words drawn from a Zipf
 is the peak over time of the *anonymous* resident memory (RSS minus file-backed pages) of the
 process and its children (the tokenizer workers), sampled every 50 ms: pages of a memory-mapped
 corpus are file-backed and can be dropped by the kernel at any time, so they are not what runs
-a machine out of memory. With ``--limit-gb`` the commands also run under ``ulimit -v``.
+a machine out of memory. With ``--limit-gb`` the commands also run under ``ulimit -v``; with
+``--cgroup-gb`` (root, cgroup v1 memory controller) inside a memory cgroup whose limit counts
+every page the commands touch, page cache included, as the kernel enforces it: a corpus several
+times that size then has to stream, or the kernel kills the command (reported as rc 137 and
+the cgroup's fail count).
+
+    sudo python bench/big_corpus.py --gb 8 --cgroup-gb 2      # a corpus 4x the memory it may use
 """
 
 from __future__ import annotations
@@ -79,11 +85,55 @@ def _anon_tree(proc: psutil.Process) -> int:
     return total
 
 
-def peak_memory(cmd: list[str], env: dict | None = None, limit_gb: float | None = None) -> dict:
+CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
+
+
+class MemoryCgroup:
+    """A cgroup v1 memory group with a hard limit, made for one benchmark and removed after."""
+
+    def __init__(self, limit_gb: float) -> None:
+        if not (CGROUP_ROOT / "cgroup.procs").exists():
+            raise SystemExit(f"--cgroup-gb needs the cgroup v1 memory controller at {CGROUP_ROOT}")
+        self.path = CGROUP_ROOT / f"ulmfit-big-corpus-{os.getpid()}"
+        self.path.mkdir()
+        self.limit = int(limit_gb * 2**30)
+        (self.path / "memory.limit_in_bytes").write_text(str(self.limit))
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        """``cmd`` entered into the group before it starts (its children inherit it)."""
+        procs = self.path / "cgroup.procs"
+        return ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", *cmd]
+
+    def reset(self) -> None:
+        (self.path / "memory.max_usage_in_bytes").write_text("0")
+        (self.path / "memory.failcnt").write_text("0")
+
+    def usage(self) -> dict:
+        read = lambda name: int((self.path / name).read_text())  # noqa: E731
+        return {
+            "cgroup_limit_mb": round(self.limit / 2**20),
+            "cgroup_max_usage_mb": round(read("memory.max_usage_in_bytes") / 2**20, 1),
+            "cgroup_failcnt": read("memory.failcnt"),
+        }
+
+    def remove(self) -> None:
+        (self.path / "memory.force_empty").write_text("0")
+        self.path.rmdir()
+
+
+def peak_memory(
+    cmd: list[str],
+    env: dict | None = None,
+    limit_gb: float | None = None,
+    cgroup: MemoryCgroup | None = None,
+) -> dict:
     """Run ``cmd``; returns rc, seconds, peak anonymous RSS (bytes, process tree), stdout."""
     if limit_gb:
         kb = int(limit_gb * 2**20)
         cmd = ["bash", "-c", f'ulimit -v {kb} && exec "$@"', "bash", *cmd]
+    if cgroup is not None:
+        cgroup.reset()
+        cmd = cgroup.wrap(cmd)
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -107,12 +157,19 @@ def peak_memory(cmd: list[str], env: dict | None = None, limit_gb: float | None 
         "rc": proc.returncode,
         "seconds": round(time.perf_counter() - t0, 2),
         "peak_anon_mb": round(peak[0] / 2**20, 1),
+        **(cgroup.usage() if cgroup is not None else {}),
         "stdout": out,
         "stderr": err[-2000:],
     }
 
 
-def run(n_bytes: int, work: Path, steps: int = 20, limit_gb: float | None = None) -> dict:
+def run(
+    n_bytes: int,
+    work: Path,
+    steps: int = 20,
+    limit_gb: float | None = None,
+    cgroup: MemoryCgroup | None = None,
+) -> dict:
     """Generate, prepare and pretrain a few steps in ``work``; the measurements."""
     corpus, valid, cache = work / "corpus.txt", work / "valid.txt", work / "cache"
     t0 = time.perf_counter()
@@ -124,6 +181,7 @@ def run(n_bytes: int, work: Path, steps: int = 20, limit_gb: float | None = None
         [str(ULMFIT), "prepare", str(corpus), "--cache-dir", str(cache), "--json"],
         env,
         limit_gb,
+        cgroup,
     )
     res = {
         "corpus_mb": round(corpus.stat().st_size / 2**20, 1),
@@ -138,6 +196,7 @@ def run(n_bytes: int, work: Path, steps: int = 20, limit_gb: float | None = None
         [sys.executable, "-c", _PRETRAIN_STEPS, str(corpus), str(valid), str(cache), str(steps)],
         env,
         limit_gb,
+        cgroup,
     )
     res["pretrain_steps"] = {k: v for k, v in pre.items() if k not in ("stdout", "stderr")}
     if pre["rc"] == 0:
@@ -154,12 +213,20 @@ def main() -> None:
     size.add_argument("--mb", type=float, help="corpus size in MB (default 64)")
     ap.add_argument("--steps", type=int, default=20, help="pretraining steps")
     ap.add_argument("--limit-gb", type=float, help="also run under ulimit -v of this many GB")
+    ap.add_argument(
+        "--cgroup-gb", type=float, help="run inside a memory cgroup limited to this many GB"
+    )
     ap.add_argument("--workdir", type=Path, help="where to generate (default: a temp folder)")
     ap.add_argument("--no-write", action="store_true", help="do not write bench/big_corpus.json")
     args = ap.parse_args()
     n_bytes = int((args.gb * 2**30) if args.gb else (args.mb or 64) * 2**20)
-    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="ulmfit-big-") as work:
-        res = run(n_bytes, Path(work), args.steps, args.limit_gb)
+    cgroup = MemoryCgroup(args.cgroup_gb) if args.cgroup_gb else None
+    try:
+        with tempfile.TemporaryDirectory(dir=args.workdir, prefix="ulmfit-big-") as work:
+            res = run(n_bytes, Path(work), args.steps, args.limit_gb, cgroup)
+    finally:
+        if cgroup is not None:
+            cgroup.remove()
     print(json.dumps(res, indent=1))
     if not args.no_write:
         (REPO / "bench" / "big_corpus.json").write_text(json.dumps(res, indent=1) + "\n")
