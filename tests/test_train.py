@@ -449,3 +449,54 @@ def test_amp_on_cuda(tmp_path, mode):
     hist = learner.history
     assert all(math.isfinite(h["train_loss"]) for h in hist)
     assert hist[-1]["valid_loss"] < hist[0]["valid_loss"]
+
+
+# -- GPU path: asynchronous batch transfer, torch.compile -----------------------------------
+
+
+def test_device_batches_on_cpu_moves_each_batch_as_reached():
+    from ulmfit.train.learner import device_batches
+
+    pulled = []
+
+    def batches():
+        for k in range(3):
+            pulled.append(k)
+            yield (torch.full((2, 3), k), [torch.tensor([k])], "meta")
+
+    out = []
+    for b in device_batches(batches(), torch.device("cpu")):
+        out.append(b)
+        assert len(pulled) == len(out)  # CPU: no read-ahead
+    assert [int(b[0][0, 0]) for b in out] == [0, 1, 2]
+    assert isinstance(out[0][1], list) and out[0][2] == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_batches_on_cuda_prefetches_pinned_copies():
+    from ulmfit.train.learner import device_batches
+
+    src = [(torch.arange(k, k + 1000), torch.full((4,), k)) for k in range(5)]
+    got = []
+    for x, y in device_batches(iter(src), torch.device("cuda")):
+        assert x.is_cuda and y.is_cuda
+        got.append((x.cpu(), y.cpu()))
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(got, src))
+    assert list(device_batches(iter([]), torch.device("cuda"))) == []
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    """``compile=True`` trains through torch.compile (a real compilation, on the CPU here)
+    and lands on the losses of eager training: same model, same data, same seeds."""
+    eager = make_lm_learner(tmp_path / "eager", device="cpu", clip=0.1)
+    eager.fit_one_cycle(1, 3e-2)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    compiled = make_lm_learner(tmp_path / "compiled", device="cpu", clip=0.1, compile=True)
+    assert isinstance(compiled._net()._wrapper, torch._dynamo.eval_frame.OptimizedModule)
+    compiled.fit_one_cycle(1, 3e-2)
+    assert counters["stats"]["unique_graphs"] > 0  # something was compiled, not only eager
+    for a, b in zip(eager.history, compiled.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["valid_loss"] == pytest.approx(b["valid_loss"], rel=1e-4)

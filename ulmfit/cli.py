@@ -355,6 +355,7 @@ def _add_training_options(p: argparse.ArgumentParser, command: str) -> None:
     )
     p.add_argument("--min-freq", type=int, default=3, help="minimum count to enter the vocabulary")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    _add_compile_option(p)
     p.add_argument(
         "--overwrite", action="store_true", help="replace --out if it is a previous model directory"
     )
@@ -571,7 +572,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise UserError("give --valid or --valid-pct, not both")
     given = {
         k: getattr(args, k)
-        for k in ("lr", "epochs", "bs", "drop_mult", "seed", "device", "workers", "cache_dir")
+        for k in (
+            "lr",
+            "epochs",
+            "bs",
+            "drop_mult",
+            "seed",
+            "device",
+            "compile",
+            "workers",
+            "cache_dir",
+        )
         if getattr(args, k) is not None
     }
     if args.valid_pct is not None:
@@ -689,6 +700,15 @@ def _add_labelled_file_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _add_compile_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="train through torch.compile (for GPUs; compiling costs the first steps)",
+    )
+
+
 def _add_classifier_input_options(p: argparse.ArgumentParser) -> None:
     _add_labelled_file_options(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -756,6 +776,7 @@ def _add_classifier_commands(sub) -> None:
         "--dry-run", action="store_true", help="smoke test: a few rows, a few steps per stage"
     )
     _add_classifier_input_options(p)
+    _add_compile_option(p)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser(

@@ -89,6 +89,7 @@ class ClassifierConfig:
     workers: int = 0
     cache_dir: Path | None = None
     device: str | None = None
+    compile: bool = False  # train through torch.compile (GPU; the first steps compile)
     label_kind: str | None = None  # "single" | "multi" | "float"; None: inferred
     dry_run: bool = False
     progress: bool | None = None
@@ -734,6 +735,7 @@ def fit_classifier(
         clip=None,
         seed=cfg.seed,
         device=dev,
+        compile=cfg.compile,
         progress=cfg.progress,
         verbose=cfg.verbose,
     )

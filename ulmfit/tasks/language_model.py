@@ -378,6 +378,7 @@ class LMTrainConfig:
     workers: int = 0  # tokenizer processes (0 = all cores)
     cache_dir: Path | None = None  # None = $ULMFIT_CACHE or ~/.cache/ulmfit
     device: str | None = None  # None = cuda if available
+    compile: bool = False  # train through torch.compile (GPU; the first steps compile)
     overwrite: bool = False  # replace an existing model directory at the target
     dry_run: bool = False  # every stage on a handful of rows, a few steps per epoch
     progress: bool | None = None  # None = bars only when stderr is a terminal
@@ -615,6 +616,7 @@ def _learner(model, train_loader, valid_loader, cfg: LMTrainConfig, log_dir: Pat
         clip=cfg.clip,
         seed=cfg.seed,
         device=str(_device_of(cfg)),
+        compile=cfg.compile,
         progress=cfg.progress,
         verbose=cfg.verbose,
     )

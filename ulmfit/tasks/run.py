@@ -60,7 +60,7 @@ STAGES_FILE = "stages.json"
 DIRECTIONS = ("fwd", "bwd", "both")
 _KEY_FORMAT = 1
 # settings that do not change a stage's result
-_FREE = ("workers", "cache_dir", "device", "overwrite", "progress", "verbose")
+_FREE = ("workers", "cache_dir", "device", "compile", "overwrite", "progress", "verbose")
 
 
 def lm_config_for(cfg: ClassifierConfig, **changes):
@@ -70,6 +70,7 @@ def lm_config_for(cfg: ClassifierConfig, **changes):
 
     return FinetuneLMConfig(
         device=cfg.device,
+        compile=cfg.compile,
         dry_run=cfg.dry_run,
         progress=cfg.progress,
         verbose=cfg.verbose,

@@ -83,6 +83,7 @@ class TrainConfig:
     clip: float | None = 0.1  # max grad norm; 0.1 is fastai's AWD-LSTM LM setting
     seed: int = 42
     amp: AmpMode = "auto"  # CUDA: bf16 if supported, else fp16 + GradScaler; CPU: off
+    compile: bool = False  # train through torch.compile(model) (first steps pay compilation)
     device: str | None = None  # None: cuda if available, else cpu
     progress: bool | None = None  # None: a bar only when stderr is a terminal
     verbose: bool = True  # one summary line per epoch on stderr
@@ -373,12 +374,57 @@ class FitPlan:
         }
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+def _map_tensors(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
+        return fn(batch)
     if isinstance(batch, tuple | list):
-        return type(batch)(_to_device(b, device) for b in batch)
+        return type(batch)(_map_tensors(b, fn) for b in batch)
     return batch
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    return _map_tensors(batch, lambda t: t.to(device, non_blocking=True))
+
+
+def device_batches(batches: Iterable[Any], device: torch.device) -> Iterator[Any]:
+    """``batches`` moved to ``device``. On CUDA the next batch is pinned and copied on a side
+    stream while the current one trains, so the GPU never waits for a host-to-device copy;
+    elsewhere each batch is moved when it is reached."""
+    if device.type != "cuda":
+        for batch in batches:
+            yield _to_device(batch, device)
+        return
+    side = torch.cuda.Stream(device)
+
+    def send(t: Tensor) -> Tensor:
+        if t.device.type != "cpu":
+            return t.to(device, non_blocking=True)
+        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+    def stage(batch: Any) -> Any:
+        with torch.cuda.stream(side):
+            return _map_tensors(batch, send)
+
+    main = torch.cuda.current_stream(device)
+
+    def hand_over(t: Tensor) -> Tensor:
+        t.record_stream(main)  # its memory is not reused while main still reads it
+        return t
+
+    it = iter(batches)
+    try:
+        ahead = stage(next(it))
+    except StopIteration:
+        return
+    while True:
+        main.wait_stream(side)  # the copy of ``ahead`` is done before main uses it
+        current = _map_tensors(ahead, hand_over)
+        try:
+            ahead = stage(next(it))
+        except StopIteration:
+            yield current
+            return
+        yield current
 
 
 def _item(v: float | Tensor) -> float:
@@ -395,15 +441,16 @@ class _Counters:
     history: list[dict] = field(default_factory=list)
 
 
-class _DDPView:
-    """What a :class:`Task` sees under DDP: calls go through the DDP wrapper (so gradients
-    are averaged), attributes such as ``raw_out`` or ``out_mask`` come from the module."""
+class _CallView:
+    """What a :class:`Task` sees under DDP or torch.compile: calls go through the wrapper (so
+    gradients are averaged, or the compiled graph runs), attributes such as ``raw_out`` or
+    ``out_mask`` come from the module itself."""
 
-    def __init__(self, ddp: nn.Module, module: nn.Module) -> None:
-        self._ddp, self._module = ddp, module
+    def __init__(self, wrapper: Callable[..., Any], module: nn.Module) -> None:
+        self._wrapper, self._module = wrapper, module
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._ddp(*args, **kwargs)
+        return self._wrapper(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._module, name)
@@ -434,6 +481,7 @@ class Learner:
         self.model = model.to(self.device)
         self._ddp: nn.Module | None = None
         self._ddp_key: tuple[bool, ...] | None = None
+        self._compiled: tuple[nn.Module, Callable[..., Any]] | None = None
         self.train_loader, self.valid_loader, self.task = train_loader, valid_loader, task
         if layer_groups is None:
             layer_groups = model.layer_groups() if hasattr(model, "layer_groups") else [[model]]
@@ -462,17 +510,23 @@ class Learner:
 
     def _net(self) -> Any:
         """The model to train through: the module itself, or (several processes) a DDP view,
-        rebuilt when the set of trainable parameters changed (see module doc)."""
-        if not self.dist.enabled:
-            return self.model
-        key = tuple(p.requires_grad for p in self.model.parameters())
-        if self._ddp is None or key != self._ddp_key:
-            from torch.nn.parallel import DistributedDataParallel
+        rebuilt when the set of trainable parameters changed (see module doc); compiled with
+        ``torch.compile`` when the config asks (once per wrapper)."""
+        inner: nn.Module = self.model
+        if self.dist.enabled:
+            key = tuple(p.requires_grad for p in self.model.parameters())
+            if self._ddp is None or key != self._ddp_key:
+                from torch.nn.parallel import DistributedDataParallel
 
-            ids = [self.device] if self.device.type == "cuda" else None
-            self._ddp = DistributedDataParallel(self.model, device_ids=ids)
-            self._ddp_key = key
-        return _DDPView(self._ddp, self.model)
+                ids = [self.device] if self.device.type == "cuda" else None
+                self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+                self._ddp_key = key
+            inner = self._ddp
+        if self.config.compile:
+            if self._compiled is None or self._compiled[0] is not inner:
+                self._compiled = (inner, torch.compile(inner))
+            return _CallView(self._compiled[1], self.model)
+        return inner if inner is self.model else _CallView(inner, self.model)
 
     @property
     def history(self) -> list[dict]:
@@ -525,8 +579,7 @@ class Learner:
         self.model.eval()
         self.task.begin_epoch(self.model, training=False)
         sums: dict[str, float | Tensor] = {}
-        for batch in loader:
-            batch = _to_device(batch, self.device)
+        for batch in device_batches(loader, self.device):
             with self._autocast():
                 res = self.task.eval_step(self.model, batch)
             for k, v in res.items():
@@ -637,7 +690,8 @@ class Learner:
         if n_batches < 1:
             raise UserError("the training loader yields no batches")
         total = plan.epochs * n_batches  # position i/n_batches within epoch e, as fastai
-        bar = self._bar(loader, n_batches, f"epoch {e + 1}/{plan.epochs}")
+        batches = device_batches(loader, self.device)
+        bar = self._bar(batches, n_batches, f"epoch {e + 1}/{plan.epochs}")
         loss_sum, n_sum, avg = 0.0, 0, 0.0
         logging = open(self.out_dir / STEPS, "a", buffering=1) if self.main else None
         with logging or contextlib.nullcontext() as log:
