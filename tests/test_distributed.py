@@ -206,3 +206,43 @@ def test_training_shards_make_the_single_process_batch():
 def test_too_few_documents_for_the_processes():
     with pytest.raises(Exception, match="cannot be shared"):
         shard_batches([np.arange(2)], 0, 3, train=True)
+
+
+def test_fit_with_two_processes(tmp_path):
+    """The whole chain (LM fine-tuning, classifier with gradual unfreezing, test scoring) under
+    torchrun with 2 gloo processes: one report, one set of files, and a re-run that reuses both
+    cached stages. (Loss equality with one process is checked above, stage by stage.)"""
+    if not TORCHRUN.exists():
+        pytest.skip("torchrun not found next to the Python interpreter")
+    from conftest import tiny_lms
+
+    rows = trec_rows(160)
+    seen = {r["label"] for r in rows[:120]}
+    write_csv(tmp_path / "train.csv", rows[:120])
+    test = [r for r in rows[120:] if r["label"] in seen]
+    write_csv(tmp_path / "test.csv", test)
+    tiny_lms(tmp_path, [r["text"] for r in rows[:120]])
+    argv = [
+        "fit",
+        "--train", str(tmp_path / "train.csv"),
+        "--test", str(tmp_path / "test.csv"),
+        "--pretrained", str(tmp_path / "pre_fwd"),
+        "--out", str(tmp_path / "run"),
+        "--lm-epochs", "1", "--epochs", "1", "--bs", "8",
+        "--workers", "1", "--device", "cpu", "--json",
+    ]  # fmt: skip
+    first = _run(tmp_path, argv, nproc=2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    reports = [json.loads(x) for x in first.stdout.splitlines() if x.startswith("{")]
+    assert len(reports) == 1  # rank 1 says nothing
+    run = tmp_path / "run"
+    assert (run / "model" / "model.safetensors").exists() and (run / "lm").is_dir()
+    assert set(json.loads((run / "stages.json").read_text())) >= {"lm", "classifier"}
+    assert json.loads((run / "report" / "test.json").read_text())["n"] == len(test)
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no leftovers
+    again = _run(tmp_path, argv, nproc=2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = [json.loads(x) for x in again.stdout.splitlines() if x.startswith("{")]
+    assert len(rerun) == 1
+    assert rerun[0]["lm"]["reused"] and rerun[0]["classifier"]["reused"]
+    assert rerun[0]["test"] == reports[0]["test"]
