@@ -721,6 +721,26 @@ def lr_find_plot_path(out_dir: Path | str) -> Path:
     return p.with_name(p.name[: -len(PARTIAL_SUFFIX)] + LR_FIND_SUFFIX)
 
 
+def _begin_run(kind: str, cfg, out_dir, resume: bool):
+    """What ``pretrain`` and ``finetune_lm`` start with: the process group, this rank's
+    config (quiet off rank 0), the clock, the run's settings and, decided on rank 0, the
+    target folder, its ``.partial`` folder and the unfinished run's record (or ``None``)."""
+    from ulmfit.models.io import check_target
+    from ulmfit.train import distributed
+
+    distributed.init(cfg.device)
+    main = distributed.is_main()
+    cfg = cfg if main else replace(cfg, verbose=False, progress=False)
+    t0 = time.perf_counter()
+    run = _run_settings(kind, cfg)
+
+    def open_run() -> tuple[Path, Path, dict | None]:
+        out = check_target(Path(out_dir), cfg.overwrite)
+        return (out, *_open_partial(out, run, resume, cfg))
+
+    return cfg, main, t0, run, distributed.on_main(open_run)
+
+
 def _run_settings(command: str, cfg: LMTrainConfig) -> dict:
     config = {k: v for k, v in _jsonable(cfg).items() if k not in _FREE_SETTINGS}
     return {"format": _RUN_FORMAT, "command": command, "config": config}
@@ -1027,22 +1047,11 @@ def pretrain(
 
     Training runs in ``DIR.partial`` (see :func:`partial_dir`) with a checkpoint per epoch;
     ``resume`` continues an unfinished run there (same settings and data, else UserError)."""
-    from ulmfit.models.io import check_target
     from ulmfit.train import distributed
 
     cfg = cfg or PretrainConfig()
     _check_config(cfg)
-    distributed.init(cfg.device)
-    main = distributed.is_main()
-    cfg = cfg if main else replace(cfg, verbose=False, progress=False)
-    t0 = time.perf_counter()
-    run = _run_settings("pretrain", cfg)
-
-    def open_run() -> tuple[Path, Path, dict | None]:
-        out = check_target(Path(out_dir), cfg.overwrite)
-        return (out, *_open_partial(out, run, resume, cfg))
-
-    out_dir, partial, previous = distributed.on_main(open_run)
+    cfg, main, t0, run, (out_dir, partial, previous) = _begin_run("pretrain", cfg, out_dir, resume)
     s = _pretrain_setup(specs, cfg, valid)
     run.update(s.keys)
 
@@ -1104,22 +1113,13 @@ def finetune_lm(
     Training runs in ``DIR.partial`` with a checkpoint per epoch; ``resume`` continues an
     unfinished run there: the finished stage is skipped, the interrupted one continues from its
     last checkpoint, and the "before" metrics are the ones measured when the run started."""
-    from ulmfit.models.io import check_target
     from ulmfit.train import distributed
 
     cfg = cfg or FinetuneLMConfig()
     _check_finetune(cfg)
-    distributed.init(cfg.device)
-    main = distributed.is_main()
-    cfg = cfg if main else replace(cfg, verbose=False, progress=False)
-    t0 = time.perf_counter()
-    run = _run_settings("finetune_lm", cfg)
-
-    def open_run() -> tuple[Path, Path, dict | None]:
-        out = check_target(Path(out_dir), cfg.overwrite)
-        return (out, *_open_partial(out, run, resume, cfg))
-
-    out_dir, partial, previous = distributed.on_main(open_run)
+    cfg, main, t0, run, (out_dir, partial, previous) = _begin_run(
+        "finetune_lm", cfg, out_dir, resume
+    )
     loaded = _load_pretrained(pretrained, vocab, cfg)
     run["pretrained"] = loaded[3]
     if previous is not None:
