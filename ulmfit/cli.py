@@ -101,7 +101,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_input_options(p: argparse.ArgumentParser, labels: bool) -> None:
+def _add_column_options(p: argparse.ArgumentParser, labels: bool, formats: list[str]) -> None:
+    """Where the text (and labels) are in the input files, and how to read them."""
     p.add_argument(
         "--text-col",
         action="append",
@@ -113,24 +114,26 @@ def _add_input_options(p: argparse.ArgumentParser, labels: bool) -> None:
             "--label-col",
             action="append",
             metavar="COL",
-            help="label column (repeat for several 0/1 columns or several float targets)",
+            help="label column (default label; repeat for several 0/1 columns or numeric targets)",
         )
         p.add_argument(
             "--label-delim",
             metavar="SEP",
-            help="several labels in one column separated by SEP (multi-label)",
+            help="several labels in one column separated by SEP (multi-label; e.g. ' ')",
         )
         p.add_argument(
             "--label-kind",
             choices=["single", "multi", "float"],
-            help="force the kind of target (default: inferred)",
+            help="force the kind of target (default: inferred; float: regression)",
         )
     p.add_argument(
-        "--format",
-        choices=["csv", "tsv", "jsonl", "parquet", "txt", "folder"],
-        help="input format (default: from the file name)",
+        "--format", choices=formats, help="input format of every file (default: from the names)"
     )
     p.add_argument("--encoding", default="utf-8", help="text encoding of the input (default utf-8)")
+
+
+def _add_input_options(p: argparse.ArgumentParser, labels: bool) -> None:
+    _add_column_options(p, labels, ["csv", "tsv", "jsonl", "parquet", "txt", "folder"])
     p.add_argument(
         "--corpus-mode",
         default="auto",
@@ -674,29 +677,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _add_labelled_file_options(p: argparse.ArgumentParser) -> None:
     """Options of the commands that read labelled files (baseline, fit, evaluate)."""
-    p.add_argument("--text-col", action="append", metavar="COL", help="text column (default text)")
-    p.add_argument(
-        "--label-col",
-        action="append",
-        metavar="COL",
-        help="label column (default label; repeat for several 0/1 columns or numeric targets)",
-    )
-    p.add_argument(
-        "--label-delim",
-        metavar="SEP",
-        help="several labels in one column separated by SEP (multi-label; e.g. ' ')",
-    )
-    p.add_argument(
-        "--label-kind",
-        choices=["single", "multi", "float"],
-        help="force the kind of target (default: inferred; float: regression)",
-    )
-    p.add_argument(
-        "--format",
-        choices=["csv", "tsv", "jsonl", "parquet", "folder"],
-        help="input format of every file (default: from the file names)",
-    )
-    p.add_argument("--encoding", default="utf-8", help="text encoding of the input (default utf-8)")
+    _add_column_options(p, True, ["csv", "tsv", "jsonl", "parquet", "folder"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
