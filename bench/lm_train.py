@@ -20,8 +20,10 @@ batches (after warm-up batches):
     .venv/bin/python bench/lm_train.py --batches 3 --no-write   # smoke run
     python3 bench/lm_train.py --device cuda --bs 64 128 256 --ids IDS.json   # on a GPU machine
 
-On a GPU machine without ../shared, pass `--ids` (a JSON list of token ids made here with
-`--save-ids FILE`), and `--fastai-python python3` with fastai importable there.
+On a GPU machine without ../shared, pass `--ids` (a JSON list or a uint16 .npy array of token
+ids made here with `--save-ids FILE`), and `--fastai-python python3` with fastai importable
+there. bench/gpu_speed.py runs these contenders (and more: fp16 variants, the classifier) on a
+GPU in one call, from a bundle made here.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ FASTAI_PY = REPO / "bench" / ".venv-fastai" / "bin" / "python"
 
 
 def _ids(n_tokens: int) -> list[int]:
-    """Real text, numericalized with the wiki30k vocabulary (30,008 entries)."""
+    """Real text, numericalized with the wiki30k vocabulary (30,008 entries): the Wikipedia
+    validation articles, continued with the training articles when more tokens are needed
+    (bs 256 on a GPU)."""
     from ulmfit.data.sources import SourceSpec, iter_source
     from ulmfit.models.pretrained import read_itos
     from ulmfit.text.tokenize import Tokenizer
@@ -57,12 +61,14 @@ def _ids(n_tokens: int) -> list[int]:
     itos = read_itos(SHARED / "models" / "wiki30k_fwd" / "itos.pkl")
     stoi = {t: i for i, t in enumerate(itos)}
     tok, out = Tokenizer(), []
-    for batch in iter_source(SourceSpec(SHARED / "data" / "wikipedia_en" / "valid.txt")):
-        for toks in tok.tokenize_batch(batch.texts):
-            out.extend(stoi.get(t, 0) for t in toks)
-        if len(out) >= n_tokens:
-            break
-    return out[:n_tokens]
+    wiki = SHARED / "data" / "wikipedia_en"
+    for path in (wiki / "valid.txt", wiki / "train.txt.gz"):
+        for batch in iter_source(SourceSpec(path)):
+            for toks in tok.tokenize_batch(batch.texts):
+                out.extend(stoi.get(t, 0) for t in toks)
+            if len(out) >= n_tokens:
+                return out[:n_tokens]
+    return out
 
 
 # --- contenders (each runs in a subprocess: `python lm_train.py _run NAME ...`) ---------------
@@ -88,7 +94,9 @@ def _batches(ids, bs: int, bptt: int, n: int):
 
 class _TimedLoader:
     """Batches for the Learner, noting the time when batch ``warm`` is asked for and when the
-    epoch's batches run out (validation and the checkpoint fall outside that window)."""
+    epoch's batches run out (validation and the checkpoint fall outside that window). The
+    window holds ``timed`` steps whether or not the Learner reads one batch ahead (it does on
+    CUDA): then both ends move one step earlier."""
 
     def __init__(self, batches, warm: int):
         self.batches, self.warm, self.t0, self.t1 = batches, warm, None, None
@@ -109,9 +117,16 @@ class _TimedLoader:
         self.t1 = time.perf_counter()
 
 
-def run_ours(ids, bs, bptt, warm, timed) -> float:
+class Unsupported(RuntimeError):
+    """This contender cannot run with the installed library (e.g. no ``TrainConfig.compile``)."""
+
+
+def run_ours(ids, bs, bptt, warm, timed, amp: str = "auto", compile: bool = False) -> float:
     """The real thing: our Learner (LMTask: cross-entropy + AR/TAR, clipping 0.1, AdamW with
-    one-cycle) on our LanguageModel, timed from the first timed batch to the epoch's end."""
+    one-cycle) on our LanguageModel, timed from the first timed batch to the epoch's end.
+    ``amp`` is TrainConfig's (auto: bf16 autocast on a bf16 GPU, off on the CPU); ``compile``
+    asks for ``TrainConfig(compile=True)`` where the library has it."""
+    import dataclasses
     import tempfile
 
     import torch
@@ -119,17 +134,23 @@ def run_ours(ids, bs, bptt, warm, timed) -> float:
     from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
     from ulmfit.train import Learner, LMTask, TrainConfig
 
+    extra: dict = {}
+    if compile:
+        if "compile" not in {f.name for f in dataclasses.fields(TrainConfig)}:
+            raise Unsupported("this ulmfit's TrainConfig has no compile field")
+        extra["compile"] = True
     torch.manual_seed(0)
     model = LanguageModel(30008, AWDLSTMConfig())
     train = _TimedLoader(list(_batches(ids, bs, bptt, warm + timed)), warm)
     valid = _TimedLoader(list(_batches(ids, bs, bptt, 1)), 0)
-    cfg = TrainConfig(progress=False, verbose=False, plot=False, device=DEVICE)
+    cfg = TrainConfig(progress=False, verbose=False, plot=False, device=DEVICE, amp=amp, **extra)
     with tempfile.TemporaryDirectory() as out:
         Learner(model, train, valid, LMTask(), out_dir=out, config=cfg).fit_one_cycle(1, 1e-3)
     return bs * bptt * timed / (train.t1 - train.t0)
 
 
-def run_plain(ids, bs, bptt, warm, timed) -> float:
+def run_plain(ids, bs, bptt, warm, timed, dtype: str = "bf16") -> float:
+    """Plain PyTorch; on a GPU under autocast in ``dtype`` (bf16, or fp16 with a GradScaler)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -164,18 +185,21 @@ def run_plain(ids, bs, bptt, warm, timed) -> float:
         for n in (1152, 1152, 400)
     ]
     amp = dev.type == "cuda"
+    half = torch.float16 if dtype == "fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp and half == torch.float16)
     t0 = None
     for k, (x, y) in enumerate(_batches(ids, bs, bptt, warm + timed)):
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         if k == warm:
             _sync()
             t0 = time.perf_counter()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(dev.type, dtype=half, enabled=amp):
             logits, hidden = model(x, hidden)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
     _sync()
     return bs * bptt * timed / (time.perf_counter() - t0)
 
@@ -232,6 +256,16 @@ def run_fastai(ids, bs, bptt, warm, timed) -> float:
 RUNNERS = {"ours": run_ours, "plain": run_plain, "fastai": run_fastai}
 
 
+def _load_ids(path: Path):
+    """Token ids from a JSON list, or from a ``.npy`` array (as int64: uint16 would not index
+    an embedding)."""
+    if path.suffix == ".npy":
+        import numpy as np
+
+        return np.load(path).astype(np.int64)
+    return json.loads(path.read_text())
+
+
 def _child(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("name")
@@ -249,7 +283,7 @@ def _child(argv: list[str]) -> None:
     DEVICE = a.device
     if DEVICE == "cpu":
         torch.set_num_threads(a.threads)
-    ids = json.loads(Path(a.ids).read_text())
+    ids = _load_ids(Path(a.ids))
     tps = RUNNERS[a.name](ids, a.bs, a.bptt, a.warm, a.timed)
     print(json.dumps({"tokens_per_s": tps, "torch": torch.__version__}))
 
@@ -294,9 +328,13 @@ def main() -> None:
     p.add_argument("--contenders", default="ours,fastai,plain")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (mixed precision)")
     p.add_argument(
-        "--ids", type=Path, help="token ids as a JSON list (default: made from ../shared)"
+        "--ids",
+        type=Path,
+        help="token ids as a JSON list or a .npy array (default: made from ../shared)",
     )
-    p.add_argument("--save-ids", type=Path, help="write the token ids to this file and stop")
+    p.add_argument(
+        "--save-ids", type=Path, help="write the token ids to this file (.json or .npy) and stop"
+    )
     p.add_argument("--fastai-python", default=str(FASTAI_PY), help="python with fastai 2.8")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
@@ -304,10 +342,16 @@ def main() -> None:
     names = a.contenders.split(",")
     need = max(a.bs) * (a.bptt * (a.warm + a.batches) + 2) + 8
     if a.save_ids:
-        a.save_ids.write_text(json.dumps(_ids(need)))
+        if a.save_ids.suffix == ".npy":
+            import numpy as np
+
+            np.save(a.save_ids, np.asarray(_ids(need), dtype=np.uint16))
+        else:
+            a.save_ids.write_text(json.dumps(_ids(need)))
         return
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"ulmfit-lm-bench-{os.getpid()}.json"
-    tmp.write_text(a.ids.read_text() if a.ids else json.dumps(_ids(need)))
+    ids = [int(i) for i in _load_ids(a.ids)] if a.ids else _ids(need)
+    tmp.write_text(json.dumps(ids))
     runs: dict[tuple[int, str], list[float]] = {}
     try:
         for rep in range(a.repeat):  # contenders interleaved, so drifts in load hit all alike
