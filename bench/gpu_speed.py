@@ -24,9 +24,9 @@ around every timed region, and the peak GPU memory of each subprocess
   last step falls outside the timed window and is not counted either).
 - **classifier prediction, documents/s** over IMDb test reviews, length-sorted batches of 64:
   ours = ``ulmfit.tasks.classifier.predict_logits`` (what ``evaluate`` and ``ulmfit.load(...)
-  .predict`` run; it has no autocast, so fp32), ours_bf16 = the same call inside a bf16
-  autocast block (glue here: the library has no mixed-precision prediction), fastai =
-  ``learn.get_preds(dl=...)`` with ``to_fp16()``. One warm-up pass, then one timed pass.
+  .predict`` run: on a GPU under the training's mixed precision, ``amp="auto"``), ours_fp32 =
+  the same call with ``amp="off"``, fastai = ``learn.get_preds(dl=...)`` with ``to_fp16()``.
+  One warm-up pass, then one timed pass.
 
 Weights are random (speed does not depend on them). Step 1, on a machine with ../shared
 (tokenizes the texts, downloads fastai's wheels; no GPU needed)::
@@ -607,15 +607,10 @@ def _timed_passes(fn, warm: int, timed: int, n_docs: int) -> dict:
     return {"value": n_docs / s, "unit": "docs/s", "timed_docs": n_docs, "timed_s": s}
 
 
-def predict_ours(spec: dict, data: dict, bf16: bool = False) -> dict:
-    import contextlib
-
+def predict_ours(spec: dict, data: dict, amp: str = "auto") -> dict:
     import torch
 
-    from ulmfit.tasks.classifier import (
-        ClassifierConfig,
-        predict_logits,
-    )
+    from ulmfit.tasks.classifier import ClassifierConfig, predict_logits
     from ulmfit.tasks.language_model import TokenCorpus
 
     torch.manual_seed(42)
@@ -624,13 +619,9 @@ def predict_ours(spec: dict, data: dict, bf16: bool = False) -> dict:
     model.to(DEVICE).eval()
     ids, off, _ = data["test"]
     docs = TokenCorpus(ids, off, [])
-    dev = torch.device(DEVICE)
-    amp = bf16 and dev.type == "cuda"
 
     def run():
-        ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-        with ctx:
-            out = predict_logits(model, docs, bs=spec["bs"], device=DEVICE)
+        out = predict_logits(model, docs, bs=spec["bs"], device=DEVICE, amp=amp)
         assert out.shape == (len(docs), 2)
 
     return _timed_passes(run, spec["warm"], spec["timed"], len(docs))
@@ -660,7 +651,7 @@ CLASSIFIER_CONTENDERS = {
     ("clas_train", "ours_compile"): lambda s, d: clas_train_ours(s, d, compile=True),
     ("clas_train", "fastai"): clas_train_fastai,
     ("predict", "ours"): predict_ours,
-    ("predict", "ours_bf16"): lambda s, d: predict_ours(s, d, bf16=True),
+    ("predict", "ours_fp32"): lambda s, d: predict_ours(s, d, amp="off"),
     ("predict", "fastai"): predict_fastai,
 }
 
@@ -792,7 +783,7 @@ def _plan(a, bundle_dir: Path, manifest: dict) -> list[Job]:
     if "pred" in a.only:
         for bs in a.pred_bs:
             spec = {**clas, "kind": "predict", "bs": bs, "warm": 1, "timed": a.pred_passes}
-            for name in ("ours", "ours_bf16", "fastai"):
+            for name in ("ours", "ours_fp32", "fastai"):
                 jobs.append(Job("predict", name, bs, {**spec, "name": name}))
     if a.extras:
         if "lm" in a.only:

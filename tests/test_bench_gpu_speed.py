@@ -52,7 +52,7 @@ def bundle(tmp_path: Path) -> Path:
 def _args(gs, bundle: Path, out: Path, *extra: str):
     a = gs._parser().parse_args(
         ["run", "--bundle", str(bundle), "--out", str(out), "--device", "cpu", "--quick",
-         "--only", "clas,pred", "--contenders", "ours,ours_bf16", "--clas-docs", "10",
+         "--only", "clas,pred", "--contenders", "ours,ours_fp32", "--clas-docs", "10",
          "--clas-valid-docs", "3", "--pred-docs", "6", "--clas-bs", "4", "--pred-bs", "4",
          *extra]
     )  # fmt: skip
@@ -64,7 +64,7 @@ def _in_process(gs, calls: list):
         calls.append(job.key)
         spec = {**job.spec, **TINY}
         data = gs._clas_data(Path(spec["bundle"]), spec)
-        if job.name == "ours_bf16":
+        if job.name == "ours_fp32":
             return {"status": "failed", "reason": "boom", "wall_s": 0.1}
         res = gs.CLASSIFIER_CONTENDERS[(job.kind, job.name)](spec, data)
         return {"status": "ok", "wall_s": 0.1, **res}
@@ -79,7 +79,7 @@ def test_ours_classifier_training_and_prediction_report(gs, bundle, tmp_path, mo
     monkeypatch.setattr(gs, "DEVICE", "cpu")
     out = tmp_path / "out"
     gs.run(_args(gs, bundle, out))
-    assert calls == ["clas_train/bs4/ours", "predict/bs4/ours", "predict/bs4/ours_bf16"]
+    assert calls == ["clas_train/bs4/ours", "predict/bs4/ours", "predict/bs4/ours_fp32"]
     res = json.loads((out / "results.json").read_text())
     assert res["finished"]
     jobs = {j["key"]: j for j in res["jobs"]}
@@ -91,7 +91,7 @@ def test_ours_classifier_training_and_prediction_report(gs, bundle, tmp_path, mo
     md = (out / "results.md").read_text()
     assert "Dry run, not a benchmark" in md
     assert "### Classifier training" in md and "### Classifier prediction" in md
-    assert "predict/bs4/ours_bf16 run 1: failed: boom" in md
+    assert "predict/bs4/ours_fp32 run 1: failed: boom" in md
 
 
 def test_budget_skips_what_does_not_fit(gs, bundle, tmp_path, monkeypatch):

@@ -107,11 +107,14 @@ class SentenceEncoder(nn.Module):
         started = (~mask).cumsum(1) > 0  # rows whose document has started, per position
         keep_from = 0 if self.max_len is None else max(width - self.max_len, 0)
         keep_from = -(-keep_from // self.bptt) * self.bptt
+        starts = list(range(0, width, self.bptt))
+        ends = [min(i + self.bptt, width) - 1 for i in starts]
+        # rows reading each chunk, counted for all chunks at once: one host sync per batch
+        n_actives = started[:, ends].sum(0).tolist()
         outs = []
-        for i in range(0, width, self.bptt):
+        for i, end, n_active in zip(starts, ends, n_actives):
             chunk = x[:, i : i + self.bptt]
-            active = started[:, i + chunk.size(1) - 1]
-            n_active = int(active.sum().item())
+            active = started[:, end]
             if n_active == 0:  # only all-empty rows: nothing to read
                 if i >= keep_from:
                     emb = self.module.encoder.weight

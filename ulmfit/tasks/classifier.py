@@ -401,17 +401,29 @@ def load_classifier(path: Path | str):
 # ----------------------------------------------------------------------------------------
 
 
-def predict_logits(model, docs: LabelledDocs, bs: int = 64, device: str | None = None):
-    """Logits ``(n_docs, n_out)`` in input order (sorted batches, order restored)."""
+def predict_logits(
+    model, docs: LabelledDocs, bs: int = 64, device: str | None = None, amp: str = "auto"
+):
+    """Logits ``(n_docs, n_out)`` in input order (sorted batches, order restored). On a GPU
+    the forward pass runs under the same mixed precision as training (``amp``, see
+    :func:`ulmfit.train.learner.amp_plan`), with batches copied ahead of use; on a CPU in
+    full precision."""
+    import contextlib
+
     from ulmfit.loaders import ClassifierLoader, restore_order
+    from ulmfit.train.learner import amp_plan, device_batches
 
     dev = torch.device(device or next(model.parameters()).device)
     model.to(dev).eval()
     loader = ClassifierLoader(docs.ids, docs.offsets, None, bs=bs, train=False, max_len=None)
+    dtype = amp_plan(dev.type, amp).dtype
+    autocast = (
+        torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    )
     out = []
-    with torch.inference_mode():
-        for x, _, idx in loader:
-            out.append((idx, model(x.to(dev)).float().cpu()))
+    with torch.inference_mode(), autocast:
+        for x, _, idx in device_batches(loader, dev):
+            out.append((idx, model(x).float().cpu()))
     return restore_order(out, len(docs)).numpy()
 
 
