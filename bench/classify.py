@@ -20,9 +20,9 @@ import os
 import sys
 
 # bench/ holds tokenize.py (named by the issue), which would shadow the standard library's
-# tokenize module: take this folder off the import path.
+# tokenize module: this folder goes to the end of the import path (benchlib is found there).
 _HERE = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE] + [_HERE]
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
@@ -30,11 +30,21 @@ import gzip  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
-import shlex  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+from benchlib import cpu_description, git_commit  # noqa: E402
+from benchlib import run_ulmfit as run  # noqa: E402
+
+
+def _versions() -> str:
+    import torch
+
+    return (
+        f"python {platform.python_version()}; torch {torch.__version__}; "
+        f"ulmfit commit {git_commit()}"
+    )
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -122,46 +132,6 @@ def dataset(name: str, work: Path, train_rows: int = 0, test_rows: int = 0) -> d
     raise SystemExit(f"unknown dataset {name!r}")
 
 
-def run(args: list[str]) -> tuple[dict, float, str]:
-    t0 = time.perf_counter()
-    out = subprocess.run([ULMFIT, *args, "--json"], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"ulmfit {' '.join(args)} failed:\n{out.stderr[-3000:]}")
-    return (
-        json.loads(out.stdout.strip().splitlines()[-1]),
-        time.perf_counter() - t0,
-        "ulmfit " + shlex.join(args),
-    )
-
-
-def _versions() -> str:
-    import torch
-
-    sha = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return f"python {platform.python_version()}; torch {torch.__version__}; ulmfit commit {sha}" + (
-        " (with uncommitted changes)" if dirty else ""
-    )
-
-
-def _cpu() -> str:
-    name = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
-
-
 def _headline(kind: str, m: dict) -> str:
     if kind == "multi":
         return f"macro F1 {m['macro_f1']:.4f}, micro F1 {m['micro_f1']:.4f}"
@@ -206,7 +176,7 @@ def main() -> None:
     lines = [
         f"## ULMFiT vs baselines: {a.dataset} ({start:%Y-%m-%d %H:%M} UTC)",
         "",
-        f"Machine: {_cpu()}; {_versions()}.",
+        f"Machine: {cpu_description()}; {_versions()}.",
         f"Split: {ds['split']}. Command: `.venv/bin/python bench/classify.py {' '.join(argv)}"
         + (f" -- {' '.join(fit_extra)}" if fit_extra else "")
         + "`, which runs:",

@@ -14,35 +14,24 @@ import os
 import sys
 
 # bench/ holds tokenize.py (named by the issue), which would shadow the standard library's
-# tokenize module: take this folder off the import path.
+# tokenize module: this folder goes to the end of the import path (benchlib is found there).
 _HERE = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE] + [_HERE]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+from benchlib import cpu_model, git_commit  # noqa: E402
+from benchlib import run_ulmfit as run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 ULMFIT = str(Path(sys.executable).parent / "ulmfit")
-
-
-def run(args: list[str]) -> tuple[dict, float, str]:
-    t0 = time.perf_counter()
-    out = subprocess.run([ULMFIT, *args, "--json"], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"ulmfit {' '.join(args)} failed:\n{out.stderr[-3000:]}")
-    return (
-        json.loads(out.stdout.strip().splitlines()[-1]),
-        time.perf_counter() - t0,
-        "ulmfit " + " ".join(args),
-    )
 
 
 def main() -> None:
@@ -81,17 +70,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     import torch
 
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in open("/proc/cpuinfo")
-            if ln.startswith("model name")
-        ),
-        "?",
-    )
+    commit, cpu = git_commit(), cpu_model()
     fb, fa = ft.get("before", {}), ft.get("after", {})
     section = f"""
 ## Fine-tuning wiki30k_fwd on TREC-6 questions, CPU ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)

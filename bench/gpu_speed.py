@@ -60,9 +60,10 @@ import os
 import sys
 
 # bench/ holds tokenize.py (named by the issue), which would shadow the standard library's
-# tokenize module for anything run from this folder: take the folder off the import path.
+# tokenize module for anything run from this folder: move the folder to the end of the
+# import path (after the standard library; benchlib is found there).
 _HERE = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE] + [_HERE]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -77,6 +78,8 @@ import zipfile  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+from benchlib import git_commit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
@@ -155,20 +158,6 @@ def _lm_train():
         sys.modules["lm_train"] = mod
         spec.loader.exec_module(mod)
     return mod
-
-
-def _git_commit() -> str:
-    out = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
-    )
-    if out.returncode != 0:
-        return "unknown"
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
 
 
 # ============================================================================================
@@ -332,7 +321,7 @@ def bundle(a) -> None:
     total = sum(f["bytes"] for f in files.values())
     manifest = {
         "created": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        "ulmfit_commit": _git_commit(),
+        "ulmfit_commit": git_commit(),
         "lm": {
             "file": "lm_ids.npy",
             "tokens": int(len(lm_ids)),
@@ -1044,7 +1033,7 @@ def run(a) -> None:
         "_t0": t_start,
         "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         "command": shlex.join(argv),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "cpu": _cpu_name(),
         "driver": driver,
         "env": env,

@@ -32,9 +32,10 @@ import os
 import sys
 
 # bench/ holds tokenize.py (named by the issue), which would shadow the standard library's
-# tokenize module for anything run from this folder: take the folder off the import path.
+# tokenize module for anything run from this folder: move the folder to the end of the
+# import path (after the standard library; benchlib is found there).
 _HERE = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE] + [_HERE]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -44,6 +45,8 @@ import subprocess  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+from benchlib import cpu_description, git_commit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -289,15 +292,7 @@ def _child(argv: list[str]) -> None:
 
 
 def _machine(device: str) -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    desc = f"{cpu}, {os.cpu_count()} cores"
+    desc = cpu_description()
     if device.startswith("cuda"):
         import torch
 
@@ -376,14 +371,6 @@ def main() -> None:
             vp = f"{m / med[(bs, 'plain')]:.2f}x" if (bs, "plain") in med else "–"
             each = ", ".join(f"{v:,.0f}" for v in runs[(bs, name)])
             table.append(f"| {bs} | {name} | {m:,.0f} | {each} | {vf} | {vp} |")
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
     import torch
 
     where = f"{a.threads} CPU threads" if a.device == "cpu" else f"{a.device}, mixed precision"
@@ -391,9 +378,7 @@ def main() -> None:
         [
             f"\n## Language-model training throughput, {where} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
             f"Machine: {_machine(a.device)}; torch {torch.__version__}; python {platform.python_version()}; "
-            f"ulmfit commit {commit}"
-            + (" (with uncommitted changes)" if dirty else "")
-            + "; fastai 2.8.12 in bench/.venv-fastai.",
+            f"ulmfit commit {git_commit()}" + "; fastai 2.8.12 in bench/.venv-fastai.",
             "Command: `" + " ".join([".venv/bin/python bench/lm_train.py", *sys.argv[1:]]) + "`",
             f"Model: vocab 30,008, emb 400, hidden 1152, 3 layers, fastai's LM dropouts; bptt {a.bptt}; "
             f"{a.warm} warm-up batches, then {a.batches} timed batches per contender and run; "

@@ -27,9 +27,9 @@ import os
 import sys
 
 # bench/ holds tokenize.py (named by the issue), which would shadow the standard library's
-# tokenize module: take this folder off the import path.
+# tokenize module: this folder goes to the end of the import path (benchlib is found there).
 _HERE = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE] + [_HERE]
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
@@ -44,6 +44,8 @@ import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+from benchlib import cpu_description, git_commit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -197,31 +199,11 @@ def predict_throughput(model: str, texts: list[str], docs: int, device: str, max
 def _versions() -> str:
     import torch
 
-    sha = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
     return (
         f"python {platform.python_version()}; torch {torch.__version__}; fastapi "
         f"{version('fastapi')}; uvicorn {version('uvicorn')}; httpx {version('httpx')} (client); "
-        f"ulmfit commit {sha}" + (" (with uncommitted changes)" if dirty else "")
+        f"ulmfit commit {git_commit()}"
     )
-
-
-def _cpu() -> str:
-    name = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
 
 
 def _mb(n: int) -> str:
@@ -305,7 +287,7 @@ def main() -> None:
     lines = [
         f"## Serving under load ({start:%Y-%m-%d %H:%M} UTC)",
         "",
-        f"Machine: {_cpu()}; {_versions()}.",
+        f"Machine: {cpu_description()}; {_versions()}.",
         f"Model: {model_desc}.",
         f"Command: `.venv/bin/python bench/serve_load.py {argv}`; server: `{server}` on "
         f"loopback; {a.clients} concurrent keep-alive clients (asyncio + httpx, on the same "

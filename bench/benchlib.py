@@ -1,0 +1,59 @@
+"""What the benchmark scripts share: where the code stands, what it ran on, and running the
+``ulmfit`` command. The scripts put bench/ at the *end* of sys.path (bench/tokenize.py must
+not shadow the standard library's tokenize), which is how they find this module."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ULMFIT = str(Path(sys.executable).parent / "ulmfit")
+
+
+def git_commit() -> str:
+    """The checked-out commit, marked when tracked files have uncommitted changes."""
+    try:
+        head, dirty = (
+            subprocess.run(
+                ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            for args in (
+                ["rev-parse", "--short=12", "HEAD"],
+                ["status", "--porcelain", "--untracked-files=no"],
+            )
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" (with uncommitted changes)" if dirty else "")
+
+
+def cpu_model() -> str:
+    """The processor's name as /proc/cpuinfo gives it (else what platform knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_description() -> str:
+    return f"{cpu_model()}, {os.cpu_count()} cores"
+
+
+def run_ulmfit(args: list[str]) -> tuple[dict, float, str]:
+    """``ulmfit ARGS --json``: its JSON report, the seconds it took, and the command line."""
+    t0 = time.perf_counter()
+    out = subprocess.run([ULMFIT, *args, "--json"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"ulmfit {shlex.join(args)} failed:\n{out.stderr[-3000:]}")
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    return report, time.perf_counter() - t0, "ulmfit " + shlex.join(args)
