@@ -499,3 +499,23 @@ def test_copy_of_a_file_reports_its_own_path(tmp_path):
     assert again.cached
     assert again.meta["inputs"][0]["path"] == str(src)
     assert str(src) in again.meta["inputs"][0]["report"]
+
+
+def test_per_document_arrays_stream_through_disk_in_chunks(tmp_path, monkeypatch):
+    """Lengths become offsets and rows an .npy a chunk at a time (here 7 items): the running
+    sum carries across chunks, and nothing is held for the whole corpus."""
+    from ulmfit import prepare as prep
+
+    monkeypatch.setattr(prep, "_NPY_CHUNK", 7)
+    lengths = np.random.default_rng(0).integers(1, 50, 100).astype(np.int64)
+    (tmp_path / "lengths.raw").write_bytes(lengths.tobytes())
+    prep._raw_to_npy(tmp_path / "lengths.raw", np.int64, tmp_path / "offsets.npy", cumulative=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "offsets.npy"), np.r_[0, np.cumsum(lengths)])
+    src = np.arange(23, dtype=np.int32)
+    (tmp_path / "s.raw").write_bytes(src.tobytes())
+    prep._raw_to_npy(tmp_path / "s.raw", np.int32, tmp_path / "s.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), src)
+    assert not list(tmp_path.glob("*.raw"))
+    (tmp_path / "empty.raw").write_bytes(b"")
+    prep._raw_to_npy(tmp_path / "empty.raw", np.int64, tmp_path / "e.npy", cumulative=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), [0])

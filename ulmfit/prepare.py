@@ -10,6 +10,8 @@ unchanged inputs and settings only hashes the input files and checks the stored 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -159,6 +161,40 @@ def _progress(cfg: PrepareConfig, specs: list[SourceSpec]):
     return tqdm(total=None, unit="doc", desc="tokenize", disable=not show, dynamic_ncols=True)
 
 
+_NPY_CHUNK = 1 << 22  # items per read when turning a raw file into .npy
+
+
+def _raw_to_npy(raw: Path, dtype, path: Path, cumulative: bool = False) -> None:
+    """``raw`` (native-endian ``dtype`` items, as written) as the ``.npy`` file ``path``, a
+    chunk at a time; ``cumulative``: instead, the running sums with a leading 0 (document
+    lengths -> offsets). ``raw`` is removed."""
+    dtype = np.dtype(dtype)
+    n = raw.stat().st_size // dtype.itemsize
+    shape = (n + 1,) if cumulative else (n,)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    with open(raw, "rb") as src, open(path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        total = 0
+        if cumulative:
+            out.write(np.zeros(1, dtype=dtype).tobytes())
+        while chunk := src.read(dtype.itemsize * _NPY_CHUNK):
+            values = np.frombuffer(chunk, dtype=dtype)
+            if cumulative:
+                values = np.cumsum(values) + total
+                total = int(values[-1])
+            out.write(values.tobytes())
+    raw.unlink()
+
+
+def _share_file(src: Path, dst: Path) -> None:
+    """``dst`` with ``src``'s bytes: a hard link (cache entries are never modified), or a
+    streamed copy where links are not possible."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def _write_tokens(tmp: Path, specs: list[SourceSpec], cfg: PrepareConfig) -> dict:
     from ulmfit.data.labels import encode_labels, infer_label_kind
     from ulmfit.text.parallel import CorpusNumberer, default_workers, encode_chunks
@@ -182,29 +218,34 @@ def _write_tokens(tmp: Path, specs: list[SourceSpec], cfg: PrepareConfig) -> dic
                 yield b
 
     total_bytes = sum(_input_size(s.path) for s in specs)
-    lengths, rows, srcs, raw_labels = [], [], [], []
+    raw_labels: list = []
     done_chars = 0
-    n_tokens = 0
-    with open(tmp / "ids.i32", "wb") as out, _progress(cfg, specs) as bar:
+    n_tokens = n_docs = 0
+    # Every per-document array goes to disk as it comes (a corpus of many GB has tens of
+    # millions of documents): memory stays flat whatever the number of documents.
+    with (
+        open(tmp / "ids.i32", "wb") as out,
+        open(tmp / "lengths.raw", "wb") as lengths,
+        open(tmp / "rows.raw", "wb") as rows,
+        open(tmp / "sources.raw", "wb") as sources,
+        _progress(cfg, specs) as bar,
+    ):
         for batch, enc in encode_chunks(batches(), workers, numberer):
             out.write(enc.ids.tobytes())
             n_tokens += len(enc.ids)
-            lengths.append(enc.lengths)
-            rows.append(np.asarray(batch.rows, dtype=np.int64))
-            srcs.append(np.full(len(batch.rows), batch.source, dtype=np.int32))
+            n_docs += len(enc.lengths)
+            lengths.write(np.asarray(enc.lengths, dtype=np.int64).tobytes())
+            rows.write(np.asarray(batch.rows, dtype=np.int64).tobytes())
+            sources.write(np.full(len(batch.rows), batch.source, dtype=np.int32).tobytes())
             if batch.labels is not None:
                 raw_labels.extend(batch.labels)
             done_chars += sum(len(t) for t in batch.texts)
             bar.update(len(batch.texts))
             if done_chars:
                 bar.total = max(bar.n, int(bar.n * total_bytes / done_chars))
-    lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-    offsets = np.zeros(len(lengths_all) + 1, dtype=np.int64)
-    np.cumsum(lengths_all, out=offsets[1:])
-    np.save(tmp / "offsets.npy", offsets)
-    rows_all = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    np.save(tmp / "rows.npy", rows_all)
-    np.save(tmp / "sources.npy", np.concatenate(srcs) if srcs else np.zeros(0, dtype=np.int32))
+    _raw_to_npy(tmp / "lengths.raw", np.int64, tmp / "offsets.npy", cumulative=True)
+    _raw_to_npy(tmp / "rows.raw", np.int64, tmp / "rows.npy")
+    _raw_to_npy(tmp / "sources.raw", np.int32, tmp / "sources.npy")
     (tmp / "strings.json").write_text(json.dumps(numberer.itos, ensure_ascii=False))
     np.save(tmp / "counts.npy", numberer.counts[: len(numberer.itos)])
     classes: list[str] = []
@@ -216,11 +257,12 @@ def _write_tokens(tmp: Path, specs: list[SourceSpec], cfg: PrepareConfig) -> dic
             if spec.label_cols and len(spec.label_cols) > 1
             else (spec.label_cols[0] if spec.label_cols else "folder")
         )
+        rows_all = np.load(tmp / "rows.npy")
         ls = encode_labels(raw_labels, kind, rows_all.tolist(), where, cols)
         np.save(tmp / "labels.npy", ls.values)
         classes = list(ls.classes)
     return {
-        "docs": int(len(lengths_all)),
+        "docs": n_docs,
         "tokens": int(n_tokens),
         "label_kind": kind,
         "classes": classes,
@@ -267,7 +309,7 @@ def _write_numbers(tmp: Path, tok_entry: Path, cfg: PrepareConfig) -> dict:
     save_vocab(vocab, tmp / "vocab.json")
     for name in ("offsets.npy", "rows.npy", "sources.npy", "labels.npy"):
         if (tok_entry / name).exists():
-            (tmp / name).write_bytes((tok_entry / name).read_bytes())
+            _share_file(tok_entry / name, tmp / name)
     return {
         **tok_meta,
         "vocab_size": len(vocab),
