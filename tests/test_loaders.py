@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from ulmfit import loaders as loaders_mod
 from ulmfit.errors import UserError
 from ulmfit.loaders import (
     ClassifierLoader,
@@ -102,7 +103,12 @@ def test_lm_shuffle_deterministic_permutation_of_docs():
     assert not np.array_equal(rows_from_batches(c)[0], Xa)
 
 
-def test_lm_shuffle_rows_and_targets_consistent():
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_lm_shuffle_rows_and_targets_consistent(chunk, monkeypatch):
+    """The shuffled stream is the documents in ``doc_order``; with ``chunk`` the cumulative
+    lengths are built 7 documents at a time (as tens of millions are, 4M at a time)."""
+    if chunk:
+        monkeypatch.setattr(loaders_mod, "_CHUNK", chunk)
     ids, offsets = make_corpus(80)
     dl = LMLoader(ids, offsets, bs=5, bptt=9, shuffle=True, seed=1)
     dl.set_epoch(2)
@@ -332,3 +338,16 @@ def test_classifier_max_len_keeps_tail():
         for row, i in zip(x.numpy(), idx.numpy(), strict=True):
             tail = docs[i][-10:]
             np.testing.assert_array_equal(row[x.shape[1] - len(tail) :], tail)
+
+
+def test_lm_offsets_checked_slice_by_slice(monkeypatch):
+    """A decrease anywhere, also across the boundary of two checked slices, is refused."""
+    monkeypatch.setattr(loaders_mod, "_CHUNK", 3)
+    ids = np.arange(40, dtype=np.int64)
+    good = np.array([0, 4, 8, 12, 16, 20, 24, 28, 40])
+    LMLoader(ids, good, bs=2, bptt=4)
+    for at in (3, 4, 7):  # inside a slice, on the boundary (3 -> 4), in the last slice
+        bad = good.copy()
+        bad[at] = bad[at - 1] - 1
+        with pytest.raises(UserError, match="non-decreasing"):
+            LMLoader(ids, bad, bs=2, bptt=4)

@@ -79,6 +79,7 @@ class ClassifierLoaderConfig:
 
 
 _LM = LMLoaderConfig()
+_CHUNK = 1 << 22  # documents per slice where a whole-corpus temporary would be needed
 _CLS = ClassifierLoaderConfig()
 
 
@@ -92,10 +93,14 @@ def _check_corpus(ids: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.
         raise UserError(f"ids must be a 1-D numpy array, got {type(ids).__name__}")
     if not np.issubdtype(ids.dtype, np.integer):
         raise UserError(f"ids must hold integers, got dtype {ids.dtype}")
-    offsets = np.asarray(offsets, dtype=np.int64)
+    offsets = np.asarray(offsets, dtype=np.int64)  # a mapped int64 file stays mapped
     if offsets.ndim != 1 or len(offsets) < 1:
         raise UserError("offsets must be a 1-D array of length n_docs + 1")
-    if offsets[0] < 0 or offsets[-1] > len(ids) or np.any(np.diff(offsets) < 0):
+    step = _CHUNK  # checked a slice at a time: no temporary the size of the corpus
+    decreasing = any(
+        np.any(np.diff(offsets[i : i + step + 1]) < 0) for i in range(0, len(offsets), step)
+    )
+    if offsets[0] < 0 or offsets[-1] > len(ids) or decreasing:
         raise UserError(
             f"offsets must be non-decreasing within [0, {len(ids)}]; "
             f"got first={offsets[0]}, last={offsets[-1]}"
@@ -270,9 +275,13 @@ class LMLoader:
     def doc_order(self) -> np.ndarray:
         """Order in which docs are concatenated this epoch (identity unless shuffling)."""
         n_docs = len(self.lengths)
-        if not self.cfg.shuffle:
-            return np.arange(n_docs, dtype=np.int64)
-        return _rng(self.cfg.seed, self.epoch, _TAG_DOC_SHUFFLE).permutation(n_docs)
+        # int32 where it fits: half the memory for tens of millions of docs. The shuffle draws
+        # the same numbers whatever the dtype (Generator.permutation(n) is arange + shuffle).
+        dtype = np.int32 if n_docs < 2**31 else np.int64
+        order = np.arange(n_docs, dtype=dtype)
+        if self.cfg.shuffle:
+            _rng(self.cfg.seed, self.epoch, _TAG_DOC_SHUFFLE).shuffle(order)
+        return order
 
     def __len__(self) -> int:
         return len(self._seq_lens)
@@ -289,13 +298,16 @@ class LMLoader:
         base = int(self.offsets[0])
         if order is None:
             return lambda pos: pos + base
-        starts = self.offsets[:-1][order]
         cum = np.zeros(len(order) + 1, dtype=np.int64)
-        np.cumsum(self.lengths[order], out=cum[1:])
+        step = _CHUNK  # a slice at a time: no shuffled copy of all the lengths
+        for i in range(0, len(order), step):
+            part = np.cumsum(self.lengths[order[i : i + step]])
+            cum[i + 1 : i + 1 + len(part)] = part + cum[i]
+        offsets = self.offsets
 
         def to_flat(pos: np.ndarray) -> np.ndarray:
             k = np.searchsorted(cum, pos, side="right") - 1  # skips empty docs
-            return starts[k] + (pos - cum[k])
+            return offsets[order[k]] + (pos - cum[k])
 
         return to_flat
 

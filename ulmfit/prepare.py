@@ -71,10 +71,11 @@ class Prepared:
         return cls(
             path=entry,
             ids=np.load(entry / "ids.npy", mmap_mode="r"),
-            offsets=np.load(entry / "offsets.npy"),
+            # per-document arrays mapped too: a corpus of many GB has tens of millions of docs
+            offsets=np.load(entry / "offsets.npy", mmap_mode="r"),
             vocab=load_vocab(entry / "vocab.json"),
-            rows=np.load(entry / "rows.npy"),
-            sources=np.load(entry / "sources.npy"),
+            rows=np.load(entry / "rows.npy", mmap_mode="r"),
+            sources=np.load(entry / "sources.npy", mmap_mode="r"),
             labels=labels,
             label_kind=meta["label_kind"],
             classes=meta["classes"],
