@@ -74,6 +74,14 @@ def test_fit_then_evaluate(capsys, setup, tmp_path, monkeypatch):
     report = json.loads((out / "report" / "metrics.json").read_text())
     # gradual unfreezing (4 groups: embedding, 2 LSTMs, head): -1, -2, -3, then unfrozen
     assert [r["stage"] for r in report["history"]] == [0, 1, 2, 3]
+    # fastai's stage rates 2e-2, 1e-2, 5e-3, 1e-3: the same one-cycle shape scaled per stage
+    from ulmfit.train.learner import read_jsonl
+
+    steps = read_jsonl(out / "report" / "train" / "steps.jsonl")
+    lrs = [[r["lr"] for r in steps if r["stage"] == k] for k in range(4)]
+    assert len({len(x) for x in lrs}) == 1 and len(lrs[0]) > 1  # one epoch each (dry run)
+    for k, scale in enumerate([1, 1 / 2, 1 / 4, 1 / 20]):
+        np.testing.assert_allclose(np.array(lrs[k]) / np.array(lrs[0]), scale, rtol=1e-9)
     # evaluate: every key, predictions in input order, and the same as the model's own argmax
     code, stdout, err = run(capsys, "evaluate", out, setup["test"], "--json", "--device", "cpu")
     assert code == 0, err

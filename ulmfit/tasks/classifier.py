@@ -7,11 +7,11 @@ scaled by ``drop_mult`` 0.5), copies the LM's encoder into it and trains it with
 recipe of gradual unfreezing::
 
     freeze_to(-1); fit_one_cycle(1, lr)
-    freeze_to(-2); fit_one_cycle(1, slice(lr / 2.6**4, lr))
-    freeze_to(-3); fit_one_cycle(1, slice(lr / 2 / 2.6**4, lr / 2))
-    unfreeze();    fit_one_cycle(epochs, slice(lr / 10 / 2.6**4, lr / 10))
+    freeze_to(-2); fit_one_cycle(1, slice(lr / 2 / 2.6**4, lr / 2))
+    freeze_to(-3); fit_one_cycle(1, slice(lr / 4 / 2.6**4, lr / 4))
+    unfreeze();    fit_one_cycle(epochs, slice(lr / 20 / 2.6**4, lr / 20))
 
-with lr 2e-2, moms (0.8, 0.7, 0.8), bs 64, wd 0.01 and no gradient clipping (fastai's
+(fastai's 2e-2, 1e-2, 5e-3, 1e-3) with lr 2e-2, moms (0.8, 0.7, 0.8), bs 64, wd 0.01 and no gradient clipping (fastai's
 ``text_classifier_learner`` adds none). Training batches come from ``ClassifierLoader`` (sortish),
 validation batches sorted by length; predictions are put back in input order.
 
@@ -765,13 +765,13 @@ def fit_classifier(
     try:
         learn.freeze_to(-1)
         learn.fit_one_cycle(1, lr, moms=moms, resume=resume)
-        for k, lr_k in ((2, lr), (3, lr / 2)):
+        for k, lr_k in ((2, lr / 2), (3, lr / 4)):
             if n_groups > k:
                 learn.freeze_to(-k)
                 learn.fit_one_cycle(1, slice(lr_k / d, lr_k), moms=moms, resume=resume)
         learn.unfreeze()
         epochs = 1 if cfg.dry_run else cfg.epochs
-        learn.fit_one_cycle(epochs, slice(lr / 10 / d, lr / 10), moms=moms, resume=resume)
+        learn.fit_one_cycle(epochs, slice(lr / 20 / d, lr / 20), moms=moms, resume=resume)
 
         def finish() -> dict:  # rank 0: predict, report and publish; the others wait
             logits = predict_logits(model, valid, bs=cfg.bs)

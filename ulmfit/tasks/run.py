@@ -58,7 +58,7 @@ from ulmfit.tasks.classifier import (
 
 STAGES_FILE = "stages.json"
 DIRECTIONS = ("fwd", "bwd", "both")
-_KEY_FORMAT = 1
+_KEY_FORMAT = 2  # 2: the classifier's stage rates became fastai's (lr/2, lr/4, lr/20)
 # settings that do not change a stage's result
 _FREE = ("workers", "cache_dir", "device", "compile", "overwrite", "progress", "verbose")
 
