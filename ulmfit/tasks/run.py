@@ -58,7 +58,8 @@ from ulmfit.tasks.classifier import (
 
 STAGES_FILE = "stages.json"
 DIRECTIONS = ("fwd", "bwd", "both")
-_KEY_FORMAT = 2  # 2: the classifier's stage rates became fastai's (lr/2, lr/4, lr/20)
+_KEY_FORMAT = 1
+_CLASSIFIER_RECIPE = 2  # 2: the stage rates became fastai's (lr/2, lr/4, lr/20)
 # settings that do not change a stage's result
 _FREE = ("workers", "cache_dir", "device", "compile", "overwrite", "progress", "verbose")
 
@@ -380,7 +381,9 @@ def fit(
             [_KEY_FORMAT, "lm", d, _model_key(weights, itos), text_keys, _settings(dcfg)]
         )
         lm = _lm_stage(texts, weights, itos, out_dir, lm_name, lm_key, dcfg, cfg)
-        clf_key = _digest([_KEY_FORMAT, "classifier", lm_key, label_keys, _settings(cfg)])
+        clf_key = _digest(
+            [_KEY_FORMAT, "classifier", _CLASSIFIER_RECIPE, lm_key, label_keys, _settings(cfg)]
+        )
         sub = out_dir if len(dirs) == 1 else out_dir / d
         name = "classifier" if len(dirs) == 1 else f"classifier_{d}"
         clf = _classifier_stage(
