@@ -919,7 +919,7 @@ def _recipe(run: Run, plan: Plan, args, work: Path) -> None:
         config=_train_config(args, dev, clip=None, wd=ccfg.wd, moms=ccfg.moms, plot=False),
     )
     probe.unfreeze()
-    skip = _probe(run, "classifier", probe, clf_loader, ccfg.lr / 10, warm, timed, cap)
+    skip = _probe(run, "classifier", probe, clf_loader, ccfg.lr / 20, warm, timed, cap)
     probe_chunks = sum(_chunks(s[1], ccfg.bptt) for s in clf_loader.shapes[skip:-1])
     gaps = np.diff(clf_loader.stamps[skip:])
     if len(gaps) and probe_chunks:
@@ -1052,13 +1052,16 @@ def _recipe(run: Run, plan: Plan, args, work: Path) -> None:
         out_dir=work / "classifier",
         config=_train_config(args, dev, clip=None, wd=ccfg.wd, moms=ccfg.moms),
     )
-    lr, moms, d = ccfg.lr, tuple(ccfg.moms), 2.6**4
+    from ulmfit.tasks.classifier import LR_SPREAD, UNFREEZING_STAGES
+
+    lr, moms, d = ccfg.lr, tuple(ccfg.moms), LR_SPREAD
+    (_, s1), (_, s2), (_, s3), (_, s4) = UNFREEZING_STAGES  # fit_classifier's stages
     n_groups = len(learn.groups)
     t_clf = time.perf_counter()
     with run.stage("clf_stage1"):
         learn.freeze_to(-1)
-        learn.fit_one_cycle(1, lr, moms=moms)
-    for k, lr_k in ((2, lr), (3, lr / 2)):
+        learn.fit_one_cycle(1, lr * s1, moms=moms)
+    for k, lr_k in ((2, lr * s2), (3, lr * s3)):
         if n_groups > k:
             with run.stage(f"clf_stage{k}"):
                 learn.freeze_to(-k)
@@ -1078,7 +1081,7 @@ def _recipe(run: Run, plan: Plan, args, work: Path) -> None:
     res["plan"] = vars(plan)
     with run.stage("clf_stage4"):
         learn.unfreeze()
-        learn.fit_one_cycle(plan.clf_last_epochs, slice(lr / 10 / d, lr / 10), moms=moms)
+        learn.fit_one_cycle(plan.clf_last_epochs, slice(lr * s4 / d, lr * s4), moms=moms)
     res["stages"]["classifier"] = round(time.perf_counter() - t_clf, 2)
     res["clf_history"] = learn.history
     res["clf_cut"] = {"epochs": clf_loader.cut_epochs, "batches": clf_loader.cut_batches}

@@ -96,6 +96,17 @@ class ClassifierConfig:
     verbose: bool = True
 
 
+# fastai's IMDb recipe of gradual unfreezing: (layer groups trained, None = all; peak rate as a
+# share of ``lr``) per stage, each stage one epoch but the last
+UNFREEZING_STAGES: tuple[tuple[int | None, float], ...] = (
+    (-1, 1.0),
+    (-2, 1 / 2),
+    (-3, 1 / 4),
+    (None, 1 / 20),
+)
+LR_SPREAD = 2.6**4  # discriminative rates: slice(rate / 2.6**4, rate) over the layer groups
+
+
 def _say(cfg: ClassifierConfig, msg: str) -> None:
     if cfg.verbose:
         print(msg, file=sys.stderr, flush=True)
@@ -759,19 +770,21 @@ def fit_classifier(
         out_dir=work,
         config=tc,
     )
-    lr, moms, d = cfg.lr, tuple(cfg.moms), 2.6**4
-    n_groups = len(learn.groups)
+    moms, n_groups = tuple(cfg.moms), len(learn.groups)
     finished = False
     try:
-        learn.freeze_to(-1)
-        learn.fit_one_cycle(1, lr, moms=moms, resume=resume)
-        for k, lr_k in ((2, lr / 2), (3, lr / 4)):
-            if n_groups > k:
-                learn.freeze_to(-k)
-                learn.fit_one_cycle(1, slice(lr_k / d, lr_k), moms=moms, resume=resume)
-        learn.unfreeze()
-        epochs = 1 if cfg.dry_run else cfg.epochs
-        learn.fit_one_cycle(epochs, slice(lr / 20 / d, lr / 20), moms=moms, resume=resume)
+        for frozen, share in UNFREEZING_STAGES:
+            rate = cfg.lr * share
+            if frozen is None:
+                learn.unfreeze()
+                epochs = 1 if cfg.dry_run else cfg.epochs
+                learn.fit_one_cycle(epochs, slice(rate / LR_SPREAD, rate), moms=moms, resume=resume)
+            elif frozen == -1:  # the head alone: one rate
+                learn.freeze_to(-1)
+                learn.fit_one_cycle(1, rate, moms=moms, resume=resume)
+            elif n_groups > -frozen:  # (a shallower model has fewer stages)
+                learn.freeze_to(frozen)
+                learn.fit_one_cycle(1, slice(rate / LR_SPREAD, rate), moms=moms, resume=resume)
 
         def finish() -> dict:  # rank 0: predict, report and publish; the others wait
             logits = predict_logits(model, valid, bs=cfg.bs)
