@@ -19,4 +19,4 @@ exec .venv/bin/ulmfit fit --train "$SHARED/data/trec6/train.csv" \
     --test "$SHARED/data/trec6/test.csv" \
     --pretrained "$SHARED/models/wiki30k_fwd/lstm_fwd.pth" \
     --vocab "$SHARED/models/wiki30k_fwd/itos.pkl" \
-    --keep-pretrained-vocab --lm-epochs 4 --baseline --out runs/trec6 "$@"
+    --keep-pretrained-vocab --lm-epochs 4 --lr 4e-2 --baseline --out runs/trec6 "$@"
