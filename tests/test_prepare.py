@@ -519,3 +519,42 @@ def test_per_document_arrays_stream_through_disk_in_chunks(tmp_path, monkeypatch
     (tmp_path / "empty.raw").write_bytes(b"")
     prep._raw_to_npy(tmp_path / "empty.raw", np.int64, tmp_path / "e.npy", cumulative=True)
     np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), [0])
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_killed_prepare_leaves_no_workers(tmp_path, sig):
+    """``ulmfit prepare`` stopped by SIGTERM (exit 130, pool stopped) or SIGKILL (workers see
+    their parent gone): no tokenizer process is left running, no cache entry is published."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(5000)]
+    with open(tmp_path / "corpus.txt", "w") as f:
+        for _ in range(300_000):
+            f.write(" ".join(rng.choices(words, k=20)) + " .\n")
+    ulmfit = os.path.join(os.path.dirname(sys.executable), "ulmfit")
+    cmd = [ulmfit, "prepare", str(tmp_path / "corpus.txt"), "--workers", "2"]
+    cmd += ["--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parent = psutil.Process(proc.pid)
+    deadline = time.time() + 60
+    workers: list = []
+    while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+        workers = [
+            p for p in parent.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())
+        ]
+        time.sleep(0.2)
+    assert len(workers) == 2, "the workers did not start"
+    time.sleep(1.0)  # mid-run
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (130 if sig == "SIGTERM" else -signal.SIGKILL), err
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"workers still running after {sig}: {[p.pid for p in alive]}"
+    entries = list((tmp_path / "cache").glob("*/*/manifest.json"))
+    assert not entries

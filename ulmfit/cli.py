@@ -1061,6 +1061,14 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"ulmfit: error: {bad}", file=sys.stderr)
         return 2
+    import signal
+    import threading
+
+    def terminated(signum, frame):  # SIGTERM (kill, torchrun, a scheduler) like Ctrl-C:
+        raise KeyboardInterrupt  # context managers clean up, worker pools are stopped
+
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminated) if on_main else None
     try:
         return args.func(args)
     except UserError as e:
@@ -1069,6 +1077,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ulmfit: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -34,8 +36,17 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent died (killed, even by SIGKILL) ends too: it would otherwise wait
+    for tasks forever, holding its memory."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def _init_worker() -> None:
     global _WORKER, _SENT
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     # spaCy's thinc imports PyTorch when it can find it (about 180 MB per process); a
     # tokenizing worker never needs it, so it is kept out of the worker's imports.
     if "torch" not in sys.modules:
