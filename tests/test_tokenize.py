@@ -4,8 +4,8 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import DATA, FIXTURES, need
 
-from tests.conftest import DATA, FIXTURES, need
 from ulmfit.text.rules import apply_rules, text_wide_rules, word_rules
 from ulmfit.text.tokenize import _SIMPLE, Tokenizer, _tokens_by_piece, pieces, spacy_tokenizer
 
