@@ -57,3 +57,28 @@ def run_ulmfit(args: list[str]) -> tuple[dict, float, str]:
         raise SystemExit(f"ulmfit {shlex.join(args)} failed:\n{out.stderr[-3000:]}")
     report = json.loads(out.stdout.strip().splitlines()[-1])
     return report, time.perf_counter() - t0, "ulmfit " + shlex.join(args)
+
+
+def torch_environment(device: str) -> dict:
+    """Python, torch, CUDA and cuDNN versions, and the GPU (or CPU) a run used."""
+    import torch
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda"):
+        dev = torch.device(device)
+        env.update(
+            gpu=torch.cuda.get_device_name(dev),
+            gpu_count=torch.cuda.device_count(),
+            gpu_memory_gib=round(torch.cuda.get_device_properties(dev).total_memory / 2**30, 1),
+            bf16_supported=torch.cuda.is_bf16_supported(),
+        )
+    else:
+        env["cpu"] = cpu_description()
+    return env

@@ -67,7 +67,6 @@ sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
 import signal  # noqa: E402
@@ -79,7 +78,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchlib import git_commit  # noqa: E402
+from benchlib import git_commit, torch_environment  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
@@ -662,20 +661,7 @@ def _lm_runner(name: str):
 
 
 def _env() -> dict:
-    import torch
-
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "device": DEVICE,
-        "threads": torch.get_num_threads(),
-    }
-    if DEVICE.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["gpu_count"] = torch.cuda.device_count()
-        env["bf16_supported"] = torch.cuda.is_bf16_supported()
+    env = torch_environment(DEVICE)
     if "fastai" in sys.modules:
         env["fastai"] = sys.modules["fastai"].__version__
         import fastcore

@@ -77,7 +77,6 @@ import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -86,7 +85,7 @@ from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-from benchlib import cpu_description, git_commit  # noqa: E402
+from benchlib import git_commit, torch_environment  # noqa: E402
 
 REPO = Path(_REPO)
 SHARED = REPO.parent / "shared"
@@ -584,27 +583,7 @@ class Run:
 
 
 def _environment(device: str) -> dict:
-    import torch
-
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "device": device,
-        "host_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device.startswith("cuda"):
-        p = torch.cuda.get_device_properties(torch.device(device))
-        env.update(
-            gpu=torch.cuda.get_device_name(torch.device(device)),
-            gpu_memory_gib=round(p.total_memory / 2**30, 1),
-            bf16=torch.cuda.is_bf16_supported(),
-        )
-    else:
-        env["cpu"] = cpu_description()
-    return env
+    return {**torch_environment(device), "host_cpus": os.cpu_count()}
 
 
 def load_bundle(bundle: Path, models: list[Path], limit: int | None, seed: int):
