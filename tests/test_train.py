@@ -166,7 +166,9 @@ def test_optimizer_is_fused_where_available_and_updates_like_default_adamw():
     fused = optim_mod.make_optimizer([[a.weight], [], [a.bias]])
     plain = torch.optim.AdamW(
         [{"params": [b.weight]}, {"params": []}, {"params": [b.bias]}],
-        lr=0.0, betas=(optim_mod.BETA1, optim_mod.BETA2), eps=optim_mod.EPS,
+        lr=0.0,
+        betas=(optim_mod.BETA1, optim_mod.BETA2),
+        eps=optim_mod.EPS,
         weight_decay=optim_mod.WD,
     )
     assert fused.defaults.get("fused") is True  # torch in our requirements has the CPU kernel

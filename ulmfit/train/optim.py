@@ -124,9 +124,7 @@ def _fused_ok(params: Sequence[nn.Parameter]) -> bool:
     """Fused AdamW needs floating-point parameters on one device type it supports."""
     kinds = {p.device.type for p in params}
     return (
-        len(kinds) == 1
-        and kinds <= {"cpu", "cuda"}
-        and all(p.is_floating_point() for p in params)
+        len(kinds) == 1 and kinds <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
     )
 
 
