@@ -185,3 +185,44 @@ def test_embedding_dropout_equals_masking_the_matrix():
     ref.sum().backward()
     assert (mask == 0).any() and torch.allclose(ours, ref)
     assert torch.allclose(grad, emb.weight.grad)
+
+
+def test_drop_masks_drop_at_rate_p_and_rescale():
+    """The masks behind every AWD-LSTM dropout: zero with probability p, else 1/(1-p), so the
+    expected activation is unchanged; p=0 keeps all, p=1 drops all (no division by zero)."""
+    from ulmfit.models.awd_lstm import _drop_mask
+
+    torch.manual_seed(0)
+    ref = torch.empty(0)
+    mask = _drop_mask(ref, (400, 1000), 0.3)
+    assert mask.shape == (400, 1000) and mask.dtype == torch.float32
+    assert mask.unique().tolist() == [0.0, pytest.approx(1 / 0.7)]
+    assert (mask == 0).float().mean().item() == pytest.approx(0.3, abs=0.005)
+    assert mask.mean().item() == pytest.approx(1.0, abs=0.01)
+    assert torch.equal(_drop_mask(ref, (5,), 0.0), torch.ones(5))
+    assert torch.equal(_drop_mask(ref, (5,), 1.0), torch.zeros(5))
+    assert _drop_mask(ref.bfloat16(), (3,), 0.5).dtype == torch.bfloat16
+
+
+def test_weight_drop_masks_the_raw_matrix_and_its_gradient():
+    """DropConnect: the LSTM runs with the masked hidden-to-hidden matrix, and the raw matrix's
+    gradient is the masked one's gradient times the same mask."""
+    from ulmfit.models.awd_lstm import WeightDropLSTM, _drop_mask
+
+    torch.manual_seed(0)
+    layer = WeightDropLSTM(4, 6, 0.5).train()
+    x = torch.randn(2, 5, 4)
+    state = (torch.zeros(1, 2, 6), torch.zeros(1, 2, 6))
+    torch.manual_seed(7)
+    out, _ = layer(x, state)
+    out.sum().backward()
+    grad = layer.lstm.weight_hh_l0.grad.clone()
+    torch.manual_seed(7)
+    mask = _drop_mask(layer.lstm.weight_hh_l0, layer.lstm.weight_hh_l0.shape, 0.5)
+    dropped = (layer.lstm.weight_hh_l0.detach() * mask).requires_grad_()
+    ref, _ = torch.func.functional_call(layer.lstm, {"weight_hh_l0": dropped}, (x, state))
+    ref.sum().backward()
+    assert (mask == 0).any() and torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(grad, dropped.grad * mask, atol=1e-6)
+    layer.eval()  # no dropout at inference: the raw matrix
+    assert torch.allclose(layer(x, state)[0], layer.lstm(x, state)[0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -54,7 +55,14 @@ CLASSIFIER_CONFIG = AWDLSTMConfig(
 
 
 def _drop_mask(x: Tensor, shape: tuple[int, ...], p: float) -> Tensor:
-    return x.new_empty(shape).bernoulli_(1 - p).div_(1 - p)
+    """Each entry 0 with probability ``p``, else ``1 / (1 - p)``, in ``x``'s dtype and device.
+
+    Drawn as ``uniform >= p`` in float32 rather than with ``bernoulli_``: the same distribution,
+    but on the CPU uniform numbers come about twice as fast, and the weight-dropped LSTM
+    matrices (5.3M entries each at hidden 1152) need a fresh mask every step."""
+    if p >= 1.0:
+        return x.new_zeros(shape)
+    return torch.rand(shape, device=x.device).ge_(p).div_(1 - p).to(x.dtype)
 
 
 class RNNDropout(nn.Module):
@@ -108,7 +116,8 @@ class WeightDropLSTM(nn.Module):
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         if not self.training or self.weight_p == 0.0:
             return self.lstm(x, state)
-        dropped = F.dropout(self.lstm.weight_hh_l0, self.weight_p, training=True)
+        raw = self.lstm.weight_hh_l0
+        dropped = raw * _drop_mask(raw, raw.shape, self.weight_p)
         return functional_call(self.lstm, {"weight_hh_l0": dropped}, (x, state))
 
 
