@@ -15,6 +15,10 @@ batches (after warm-up batches):
 - plain: `nn.Embedding` + three `nn.LSTM` + tied `nn.Linear`, no dropout, no AR/TAR: the
   practical limit of this model on this CPU.
 
+On the CPU each run also times ours and plain *paired* in one process, step for step (a plain
+step, then our Learner's step on the same batch): on a shared machine whose speed drifts by
+20% between subprocesses, the median of those per-step ratios is the steadier ours/plain figure.
+
     bash bench/setup_fastai_env.sh            # once
     .venv/bin/python bench/lm_train.py        # CPU; appends a section to bench/RESULTS.md
     .venv/bin/python bench/lm_train.py --batches 3 --no-write   # smoke run
@@ -152,8 +156,9 @@ def run_ours(ids, bs, bptt, warm, timed, amp: str = "auto", compile: bool = Fals
     return bs * bptt * timed / (train.t1 - train.t0)
 
 
-def run_plain(ids, bs, bptt, warm, timed, dtype: str = "bf16") -> float:
-    """Plain PyTorch; on a GPU under autocast in ``dtype`` (bf16, or fp16 with a GradScaler)."""
+def _plain_trainer(bs: int, dtype: str = "bf16"):
+    """Plain PyTorch: the model and a function doing one training step on ``(x, y)``; on a GPU
+    under autocast in ``dtype`` (bf16, or fp16 with a GradScaler)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -190,12 +195,10 @@ def run_plain(ids, bs, bptt, warm, timed, dtype: str = "bf16") -> float:
     amp = dev.type == "cuda"
     half = torch.float16 if dtype == "fp16" else torch.bfloat16
     scaler = torch.amp.GradScaler(dev.type, enabled=amp and half == torch.float16)
-    t0 = None
-    for k, (x, y) in enumerate(_batches(ids, bs, bptt, warm + timed)):
+
+    def step(x, y) -> None:
+        nonlocal hidden
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        if k == warm:
-            _sync()
-            t0 = time.perf_counter()
         with torch.autocast(dev.type, dtype=half, enabled=amp):
             logits, hidden = model(x, hidden)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
@@ -203,8 +206,77 @@ def run_plain(ids, bs, bptt, warm, timed, dtype: str = "bf16") -> float:
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
+
+    return step
+
+
+def run_plain(ids, bs, bptt, warm, timed, dtype: str = "bf16") -> float:
+    """Plain PyTorch; on a GPU under autocast in ``dtype`` (bf16, or fp16 with a GradScaler)."""
+    step = _plain_trainer(bs, dtype)
+    t0 = None
+    for k, (x, y) in enumerate(_batches(ids, bs, bptt, warm + timed)):
+        if k == warm:
+            _sync()
+            t0 = time.perf_counter()
+        step(x, y)
     _sync()
     return bs * bptt * timed / (time.perf_counter() - t0)
+
+
+class _PairedLoader:
+    """Batches for our Learner that run one plain-PyTorch step (on the same batch) just before
+    handing each batch over, and time both: our step is the time from handing a batch over to
+    the Learner asking for the next one (CPU: no read-ahead)."""
+
+    def __init__(self, batches, warm: int, plain_step):
+        self.batches, self.warm, self.plain_step = batches, warm, plain_step
+        self.pairs: list[tuple[float, float]] = []  # (plain seconds, ours seconds) per step
+
+    def __len__(self):
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __iter__(self):
+        for k, b in enumerate(self.batches):
+            t = time.perf_counter()
+            self.plain_step(*b)
+            t_plain, t = time.perf_counter() - t, time.perf_counter()
+            yield b
+            if k >= self.warm:
+                self.pairs.append((t_plain, time.perf_counter() - t))
+
+
+def run_paired(ids, bs, bptt, warm, timed) -> dict:
+    """Ours and plain in one process, step for step (CPU only): a plain step, then our
+    Learner's step on the same batch, and so on. Both see the machine in the same state, so
+    the median of the per-step ratios is free of the drifts between subprocesses that make
+    shared machines' medians swing (20% between consecutive runs here)."""
+    import tempfile
+
+    import torch
+
+    from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+    from ulmfit.train import Learner, LMTask, TrainConfig
+
+    if DEVICE != "cpu":
+        raise Unsupported("paired timing needs the CPU (on a GPU the Learner reads ahead)")
+    plain_step = _plain_trainer(bs)
+    torch.manual_seed(0)
+    model = LanguageModel(30008, AWDLSTMConfig())
+    train = _PairedLoader(list(_batches(ids, bs, bptt, warm + timed)), warm, plain_step)
+    valid = _TimedLoader(list(_batches(ids, bs, bptt, 1)), 0)
+    cfg = TrainConfig(progress=False, verbose=False, plot=False, device=DEVICE)
+    with tempfile.TemporaryDirectory() as out:
+        Learner(model, train, valid, LMTask(), out_dir=out, config=cfg).fit_one_cycle(1, 1e-3)
+    plain_s = [p for p, _ in train.pairs]
+    ours_s = [o for _, o in train.pairs]
+    return {
+        "ours": bs * bptt / statistics.median(ours_s),
+        "plain": bs * bptt / statistics.median(plain_s),
+        "ratio": statistics.median(p / o for p, o in train.pairs),
+    }
 
 
 def run_fastai(ids, bs, bptt, warm, timed) -> float:
@@ -256,7 +328,7 @@ def run_fastai(ids, bs, bptt, warm, timed) -> float:
     return bs * bptt * timed / (timer.t1 - timer.t0)
 
 
-RUNNERS = {"ours": run_ours, "plain": run_plain, "fastai": run_fastai}
+RUNNERS = {"ours": run_ours, "plain": run_plain, "fastai": run_fastai, "paired": run_paired}
 
 
 def _load_ids(path: Path):
@@ -287,8 +359,9 @@ def _child(argv: list[str]) -> None:
     if DEVICE == "cpu":
         torch.set_num_threads(a.threads)
     ids = _load_ids(Path(a.ids))
-    tps = RUNNERS[a.name](ids, a.bs, a.bptt, a.warm, a.timed)
-    print(json.dumps({"tokens_per_s": tps, "torch": torch.__version__}))
+    res = RUNNERS[a.name](ids, a.bs, a.bptt, a.warm, a.timed)
+    res = res if isinstance(res, dict) else {"tokens_per_s": res}
+    print(json.dumps({**res, "torch": torch.__version__}))
 
 
 def _machine(device: str) -> str:
@@ -300,7 +373,7 @@ def _machine(device: str) -> str:
     return desc
 
 
-def _run_one(a, name: str, bs: int, ids_file: Path) -> float:
+def _run_one(a, name: str, bs: int, ids_file: Path) -> dict:
     py = a.fastai_python if name == "fastai" else sys.executable
     cmd = [py, __file__, "_run", name, str(ids_file), "--bs", str(bs), "--bptt", str(a.bptt),
            "--warm", str(a.warm), "--timed", str(a.batches), "--threads", str(a.threads),
@@ -309,7 +382,7 @@ def _run_one(a, name: str, bs: int, ids_file: Path) -> float:
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"{name} bs {bs} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["tokens_per_s"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -321,6 +394,11 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="runs per contender (median reported)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--contenders", default="ours,fastai,plain")
+    p.add_argument(
+        "--no-paired",
+        action="store_true",
+        help="skip the paired run (ours and plain step for step in one process; CPU only)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, or cuda (mixed precision)")
     p.add_argument(
         "--ids",
@@ -348,14 +426,24 @@ def main() -> None:
     ids = [int(i) for i in _load_ids(a.ids)] if a.ids else _ids(need)
     tmp.write_text(json.dumps(ids))
     runs: dict[tuple[int, str], list[float]] = {}
+    paired: dict[int, list[dict]] = {}
+    pair = a.device == "cpu" and not a.no_paired and {"ours", "plain"} <= set(names)
     try:
         for rep in range(a.repeat):  # contenders interleaved, so drifts in load hit all alike
             for bs in a.bs:
                 for name in names:
-                    tps = _run_one(a, name, bs, tmp)
+                    tps = _run_one(a, name, bs, tmp)["tokens_per_s"]
                     runs.setdefault((bs, name), []).append(tps)
                     print(
                         f"run {rep + 1} bs {bs:3d} {name:7s} {tps:9.0f} tokens/s", file=sys.stderr
+                    )
+                if pair:
+                    res = _run_one(a, "paired", bs, tmp)
+                    paired.setdefault(bs, []).append(res)
+                    print(
+                        f"run {rep + 1} bs {bs:3d} paired  ours {res['ours']:.0f}, plain "
+                        f"{res['plain']:.0f} tokens/s, ours/plain {res['ratio']:.3f}",
+                        file=sys.stderr,
                     )
     finally:
         tmp.unlink(missing_ok=True)
@@ -371,6 +459,22 @@ def main() -> None:
             vp = f"{m / med[(bs, 'plain')]:.2f}x" if (bs, "plain") in med else "–"
             each = ", ".join(f"{v:,.0f}" for v in runs[(bs, name)])
             table.append(f"| {bs} | {name} | {m:,.0f} | {each} | {vf} | {vp} |")
+    if paired:
+        table += [
+            "",
+            "Paired in one process (ours' Learner and plain PyTorch step for step, a plain step "
+            "just before each of ours on the same batch; per run the median over its timed "
+            "steps, ours/plain = median of the per-step ratios):",
+            "",
+            "| bs | ours tokens/s | plain tokens/s | ours/plain per run | ours/plain (median) |",
+            "|---|--:|--:|---|--:|",
+        ]
+        for bs, rs in paired.items():
+            ours = statistics.median(r["ours"] for r in rs)
+            plain = statistics.median(r["plain"] for r in rs)
+            each = ", ".join(f"{r['ratio']:.3f}" for r in rs)
+            ratio = statistics.median(r["ratio"] for r in rs)
+            table.append(f"| {bs} | {ours:,.0f} | {plain:,.0f} | {each} | {ratio:.3f} |")
     import torch
 
     where = f"{a.threads} CPU threads" if a.device == "cpu" else f"{a.device}, mixed precision"

@@ -220,8 +220,11 @@ class LMLoader:
                 f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
             )
         self.rank, self.world_size = rank, world_size
-        self.lengths = doc_lengths(self.offsets)
-        self.n_tokens = int(self.lengths.sum())
+        # No per-document array is kept: lengths come from the (mapped) offsets a slice at a
+        # time when an epoch's order is laid out, so resident memory per document is only that
+        # epoch's order and cumulative lengths (12 bytes).
+        self.n_docs = len(self.offsets) - 1
+        self.n_tokens = int(self.offsets[-1] - self.offsets[0])  # offsets checked ascending
         n_rows_total = bs * world_size
         # "-1": the last input token of the last row still needs a target.
         self.row_len = (self.n_tokens - 1) // n_rows_total if self.n_tokens > 0 else 0
@@ -274,7 +277,7 @@ class LMLoader:
 
     def doc_order(self) -> np.ndarray:
         """Order in which docs are concatenated this epoch (identity unless shuffling)."""
-        n_docs = len(self.lengths)
+        n_docs = self.n_docs
         # int32 where it fits: half the memory for tens of millions of docs. The shuffle draws
         # the same numbers whatever the dtype (Generator.permutation(n) is arange + shuffle).
         dtype = np.int32 if n_docs < 2**31 else np.int64
@@ -301,7 +304,8 @@ class LMLoader:
         cum = np.zeros(len(order) + 1, dtype=np.int64)
         step = _CHUNK  # a slice at a time: no shuffled copy of all the lengths
         for i in range(0, len(order), step):
-            part = np.cumsum(self.lengths[order[i : i + step]])
+            docs = order[i : i + step]
+            part = np.cumsum(self.offsets[docs + 1] - self.offsets[docs])
             cum[i + 1 : i + 1 + len(part)] = part + cum[i]
         offsets = self.offsets
 
