@@ -223,20 +223,15 @@ def run_plain(ids, bs, bptt, warm, timed, dtype: str = "bf16") -> float:
     return bs * bptt * timed / (time.perf_counter() - t0)
 
 
-class _PairedLoader:
+class _PairedLoader(_TimedLoader):
     """Batches for our Learner that run one plain-PyTorch step (on the same batch) just before
     handing each batch over, and time both: our step is the time from handing a batch over to
     the Learner asking for the next one (CPU: no read-ahead)."""
 
     def __init__(self, batches, warm: int, plain_step):
-        self.batches, self.warm, self.plain_step = batches, warm, plain_step
+        super().__init__(batches, warm)
+        self.plain_step = plain_step
         self.pairs: list[tuple[float, float]] = []  # (plain seconds, ours seconds) per step
-
-    def __len__(self):
-        return len(self.batches)
-
-    def set_epoch(self, epoch: int) -> None:
-        pass
 
     def __iter__(self):
         for k, b in enumerate(self.batches):
