@@ -347,12 +347,8 @@ def test_smallest_max_vocab_is_accepted(capsys, env_cache, tmp_path):
 
 
 def test_non_numeric_workers_is_a_usage_error(capsys, tmp_path):
-    with pytest.raises(SystemExit) as exit_:
-        main(["prepare", str(tmp_path / "c.csv"), "--workers", "many"])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("ulmfit prepare: error: argument --workers")
+    code, out, err = run(capsys, "prepare", tmp_path / "c.csv", "--workers", "many")
+    assert_user_error(code, out, err, "argument --workers", "'ulmfit prepare --help'")
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ulmfit.data.labels import LabelSet, encode_labels, infer_label_kind
+from ulmfit.data.labels import LabelSet, check_training_labels, encode_labels, infer_label_kind
 from ulmfit.data.sources import ReadReport, SourceSpec, iter_source
 from ulmfit.errors import UserError
 
@@ -89,7 +89,9 @@ def load_data(train: SourceSpec, test: SourceSpec, kind: str | None = None) -> B
     if kind == "none":
         raise UserError(f"{train.path}: no labels (give the label column, e.g. --label-col)")
     tr_labels = encode_labels(tr_raw, kind, tr_rows, str(train.path), _label_col(train))
-    _check_train(tr_labels, str(train.path))
+    check_training_labels(
+        kind, tr_labels.classes, tr_labels.values, str(train.path), _label_col(train)
+    )
     te_texts, te_raw, te_rows, te_report = _read(test)
     classes = tr_labels.classes if kind != "float" else None
     te_labels = encode_labels(
@@ -110,23 +112,6 @@ def load_data(train: SourceSpec, test: SourceSpec, kind: str | None = None) -> B
 
 def _width(values: np.ndarray) -> int:
     return 1 if values.ndim == 1 else values.shape[1]
-
-
-def _check_train(labels: LabelSet, path: str) -> None:
-    if labels.kind == "single" and len(labels.classes) < 2:
-        only = labels.classes[0] if labels.classes else "none"
-        raise UserError(
-            f"{path}: every training row has the same class ({only!r}); a classifier needs "
-            "at least two classes"
-        )
-    if labels.kind == "multi":
-        if len(labels.classes) < 2 and labels.values.all():
-            raise UserError(
-                f"{path}: every training row has the same single label "
-                f"({labels.classes[0]!r}); a classifier needs at least two classes"
-            )
-    if labels.kind == "float" and len(labels) < 2:
-        raise UserError(f"{path}: a regression needs at least two training rows")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+from ulmfit import options
 from ulmfit.errors import UserError
+from ulmfit.text.rules import SPECIAL_TOKENS  # light: str rules only
 
 
 def _input_path(value: str) -> Path:
@@ -140,8 +142,12 @@ def _add_input_options(p: argparse.ArgumentParser, labels: bool) -> None:
         choices=["auto", "lines", "wikitext"],
         help="for .txt corpora: one document per line, or ' = Title = ' articles",
     )
-    p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
-    p.add_argument("--chunk-docs", type=int, default=1000, help="documents per worker task")
+    p.add_argument(
+        "--workers", type=options.int_at_least(0), default=0, help="processes (default: all cores)"
+    )
+    p.add_argument(
+        "--chunk-docs", type=options.int_at_least(1), default=1000, help="documents per worker task"
+    )
     p.add_argument(
         "--cache-dir", type=Path, help="cache folder (default: $ULMFIT_CACHE or ~/.cache/ulmfit)"
     )
@@ -321,43 +327,68 @@ def _add_training_options(p: argparse.ArgumentParser, command: str) -> None:
     if command == "finetune-lm":
         p.add_argument(
             "--frozen-epochs",
-            type=int,
+            type=options.int_at_least(0),
             help=f"epochs training only the last layer group (default {d['frozen_epochs']})",
         )
         p.add_argument(
             "--frozen-lr",
-            type=float,
+            type=options.positive_float,
             help=f"peak learning rate while frozen (default {d['frozen_lr']})",
         )
         p.add_argument(
-            "--epochs", type=int, help=f"epochs after unfreezing (default {d['epochs']})"
+            "--epochs",
+            type=options.int_at_least(1),
+            help=f"epochs after unfreezing (default {d['epochs']})",
         )
     else:
-        p.add_argument("--epochs", type=int, help=f"epochs (default {d['epochs']})")
+        p.add_argument(
+            "--epochs", type=options.int_at_least(1), help=f"epochs (default {d['epochs']})"
+        )
     p.add_argument(
-        "--lr", type=float, help=f"peak learning rate of the one-cycle (default {d['lr']})"
+        "--lr",
+        type=options.positive_float,
+        help=f"peak learning rate of the one-cycle (default {d['lr']})",
     )
-    p.add_argument("--bs", type=int, help=f"batch size in streams (default {d['bs']})")
-    p.add_argument("--bptt", type=int, help=f"tokens per step (default {d['bptt']})")
+    p.add_argument(
+        "--bs", type=options.int_at_least(1), help=f"batch size in streams (default {d['bs']})"
+    )
+    p.add_argument(
+        "--bptt", type=options.int_at_least(1), help=f"tokens per step (default {d['bptt']})"
+    )
     p.add_argument(
         "--drop-mult",
-        type=float,
+        type=options.nonnegative_float,
         help=f"scales all of AWD-LSTM's dropouts (default {d['drop_mult']})",
     )
-    p.add_argument("--wd", type=float, help=f"decoupled weight decay (default {d['wd']})")
+    p.add_argument(
+        "--wd", type=options.nonnegative_float, help=f"decoupled weight decay (default {d['wd']})"
+    )
     p.add_argument(
         "--valid-pct",
-        type=float,
+        # fine-tuning reports held-out perplexity, so it needs held-out documents
+        type=options.fraction(low_open=command == "finetune-lm"),
         help=f"share of documents held out for validation (default {d['valid_pct']})",
     )
     p.add_argument(
-        "--seed", type=int, help=f"seed of the split, shuffles and dropouts (default {d['seed']})"
+        "--seed",
+        type=options.int_at_least(0),
+        help=f"seed of the split, shuffles and dropouts (default {d['seed']})",
     )
     p.add_argument(
-        "--max-vocab", type=int, default=60000, help="vocabulary size cap (fastai: 60000)"
+        "--max-vocab",
+        type=options.int_at_least(len(SPECIAL_TOKENS)),
+        default=60000,
+        help="vocabulary size cap (fastai: 60000)",
     )
-    p.add_argument("--min-freq", type=int, default=3, help="minimum count to enter the vocabulary")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--min-freq",
+        type=options.int_at_least(1),
+        default=3,
+        help="minimum count to enter the vocabulary",
+    )
+    p.add_argument(
+        "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
     _add_compile_option(p)
     p.add_argument(
         "--overwrite", action="store_true", help="replace --out if it is a previous model directory"
@@ -437,9 +468,15 @@ def _add_lm_commands(sub) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("inputs", nargs="+", metavar="DATA")
     p.add_argument("--vocab", metavar="ITOS.pkl", help="vocabulary of a fastai .pth")
-    p.add_argument("--limit-docs", type=int, metavar="N", help="only the first N documents")
-    p.add_argument("--bs", type=int, default=64, help="documents per batch (default 64)")
-    p.add_argument("--bptt", type=int, default=200, help="tokens per chunk (default 200)")
+    p.add_argument(
+        "--limit-docs", type=options.int_at_least(1), metavar="N", help="only the first N documents"
+    )
+    p.add_argument(
+        "--bs", type=options.int_at_least(1), default=64, help="documents per batch (default 64)"
+    )
+    p.add_argument(
+        "--bptt", type=options.int_at_least(1), default=200, help="tokens per chunk (default 200)"
+    )
     _add_input_options(p, labels=False)
     p.set_defaults(func=cmd_lm_eval)
 
@@ -454,9 +491,15 @@ def _add_lm_commands(sub) -> None:
     p.add_argument("--valid", metavar="FILE", help="validation corpus (default: held-out docs)")
     p.add_argument("--backwards", action="store_true", help="a backward model (tokens reversed)")
     d = LM_DEFAULTS["pretrain"]
-    p.add_argument("--emb-sz", type=int, help=f"embedding size (default {d['emb_sz']})")
-    p.add_argument("--n-hid", type=int, help=f"LSTM hidden size (default {d['n_hid']})")
-    p.add_argument("--n-layers", type=int, help=f"LSTM layers (default {d['n_layers']})")
+    p.add_argument(
+        "--emb-sz", type=options.int_at_least(1), help=f"embedding size (default {d['emb_sz']})"
+    )
+    p.add_argument(
+        "--n-hid", type=options.int_at_least(1), help=f"LSTM hidden size (default {d['n_hid']})"
+    )
+    p.add_argument(
+        "--n-layers", type=options.int_at_least(1), help=f"LSTM layers (default {d['n_layers']})"
+    )
     _add_training_options(p, "pretrain")
     _add_input_options(p, labels=False)
     p.set_defaults(func=cmd_pretrain)
@@ -692,7 +735,9 @@ def _add_compile_option(p: argparse.ArgumentParser) -> None:
 
 def _add_classifier_input_options(p: argparse.ArgumentParser) -> None:
     _add_labelled_file_options(p)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
 
 
 def _add_classifier_commands(sub) -> None:
@@ -710,7 +755,11 @@ def _add_classifier_commands(sub) -> None:
     )
     p.add_argument("--train", required=True, metavar="FILE", help="labelled training file")
     p.add_argument("--valid", metavar="FILE", help="labelled validation file")
-    p.add_argument("--valid-pct", type=float, help="share of training rows held out (default 0.1)")
+    p.add_argument(
+        "--valid-pct",
+        type=options.fraction(low_open=True),
+        help="share of training rows held out (default 0.1)",
+    )
     p.add_argument("--test", metavar="FILE", help="labelled test file, evaluated at the end")
     p.add_argument(
         "--baseline",
@@ -743,15 +792,34 @@ def _add_classifier_commands(sub) -> None:
         help="vocabulary of a backward fastai .pth (default --vocab)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder")
-    p.add_argument("--epochs", type=int, help="classifier epochs after unfreezing (default 2)")
-    p.add_argument("--lm-epochs", type=int, help="LM fine-tuning epochs, unfrozen (default 10)")
-    p.add_argument("--lm-lr", type=float, help="LM fine-tuning peak rate, unfrozen (2e-3)")
+    p.add_argument(
+        "--epochs",
+        type=options.int_at_least(1),
+        help="classifier epochs after unfreezing (default 2)",
+    )
+    p.add_argument(
+        "--lm-epochs",
+        type=options.int_at_least(1),
+        help="LM fine-tuning epochs, unfrozen (default 10)",
+    )
+    p.add_argument(
+        "--lm-lr", type=options.positive_float, help="LM fine-tuning peak rate, unfrozen (2e-3)"
+    )
     _add_vocab_options(p, prefix="lm")
-    p.add_argument("--lr", type=float, help="classifier peak rate of the first stage (2e-2)")
-    p.add_argument("--bs", type=int, help="classifier batch size (default 64)")
-    p.add_argument("--drop-mult", type=float, help="classifier dropout scale (default 0.5)")
-    p.add_argument("--seed", type=int, help="seed (default 42)")
-    p.add_argument("--workers", type=int, default=0, help="tokenizer processes (0: all cores)")
+    p.add_argument(
+        "--lr", type=options.positive_float, help="classifier peak rate of the first stage (2e-2)"
+    )
+    p.add_argument("--bs", type=options.int_at_least(1), help="classifier batch size (default 64)")
+    p.add_argument(
+        "--drop-mult", type=options.nonnegative_float, help="classifier dropout scale (default 0.5)"
+    )
+    p.add_argument("--seed", type=options.int_at_least(0), help="seed (default 42)")
+    p.add_argument(
+        "--workers",
+        type=options.int_at_least(0),
+        default=0,
+        help="tokenizer processes (0: all cores)",
+    )
     p.add_argument("--cache-dir", type=Path, help="cache folder")
     p.add_argument(
         "--dry-run", action="store_true", help="smoke test: a few rows, a few steps per stage"
@@ -768,7 +836,9 @@ def _add_classifier_commands(sub) -> None:
     )
     p.add_argument("run", type=Path, metavar="RUN")
     p.add_argument("test", metavar="TEST_FILE")
-    p.add_argument("--bs", type=int, default=64, help="documents per batch (default 64)")
+    p.add_argument(
+        "--bs", type=options.int_at_least(1), default=64, help="documents per batch (default 64)"
+    )
     _add_classifier_input_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -788,8 +858,12 @@ def _texts_to_predict(args: argparse.Namespace, config: dict) -> tuple[list[str]
 
     if (args.text is None) == (args.input is None):
         raise UserError("give the texts with --text TEXT (repeatable) or an INPUT_FILE, not both")
-    if args.text is not None:
-        return list(args.text), list(range(1, len(args.text) + 1)), []
+    if args.text is not None:  # the rule of files: a text with nothing in it is skipped
+        kept = [(i, t) for i, t in enumerate(args.text, 1) if t.strip()]
+        if not kept:
+            raise UserError("no text to predict: every --text is empty")
+        skipped = [i for i, t in enumerate(args.text, 1) if not t.strip()]
+        return [t for _, t in kept], [i for i, _ in kept], skipped
     spec = SourceSpec(
         path=_input_path(args.input),
         text_cols=args.text_col or list(config.get("text_cols") or []) or None,
@@ -849,8 +923,6 @@ def _short(pred: dict) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from ulmfit.predict import Predictor
 
-    if args.bs < 1:
-        raise UserError("--bs must be 1 or more")
     if args.input is not None and not Path(args.input).exists():
         _input_path(args.input)  # a clear error before the model is loaded
     predictor = Predictor.load(args.model, device=args.device, bs=args.bs)
@@ -941,8 +1013,12 @@ def _add_use_commands(sub) -> None:
         action="store_true",
         help="print one JSON object: the predictions (with --out: a summary)",
     )
-    p.add_argument("--bs", type=int, default=64, help="texts per batch (default 64)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--bs", type=options.int_at_least(1), default=64, help="texts per batch (default 64)"
+    )
+    p.add_argument(
+        "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -962,7 +1038,9 @@ def _add_use_commands(sub) -> None:
         help="explain this class (default: the predicted one; multi-label: the most probable)",
     )
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
     p.set_defaults(func=cmd_explain)
 
     d = SERVE_DEFAULTS
@@ -978,18 +1056,28 @@ def _add_use_commands(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument(
-        "--max-texts", type=int, help=f"texts per /predict request (default {d['max_texts']})"
+        "--max-texts",
+        type=options.int_at_least(1),
+        help=f"texts per /predict request (default {d['max_texts']})",
     )
     p.add_argument(
-        "--max-chars", type=int, help=f"characters per text (default {d['max_chars']:,})"
+        "--max-chars",
+        type=options.int_at_least(1),
+        help=f"characters per text (default {d['max_chars']:,})",
     )
     p.add_argument(
         "--max-body-bytes",
-        type=int,
+        type=options.int_at_least(1),
         help=f"request body size (default {d['max_body_bytes']:,})",
     )
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--threads", type=int, help="torch threads for the model (default: every core)")
+    p.add_argument(
+        "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    p.add_argument(
+        "--threads",
+        type=options.int_at_least(1),
+        help="torch threads for the model (default: every core)",
+    )
     p.add_argument(
         "--log-level",
         default="info",
@@ -1000,7 +1088,7 @@ def _add_use_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = options.Parser(
         prog="ulmfit",
         description="Text classification by transfer learning (ULMFiT): fastai-compatible text "
         "pipeline, AWD-LSTM language models, classifiers.",
@@ -1018,9 +1106,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     _add_input_options(p, labels=True)
     p.add_argument(
-        "--max-vocab", type=int, default=60000, help="vocabulary size cap (fastai: 60000)"
+        "--max-vocab",
+        type=options.int_at_least(len(SPECIAL_TOKENS)),
+        default=60000,
+        help="vocabulary size cap (fastai: 60000)",
     )
-    p.add_argument("--min-freq", type=int, default=3, help="minimum count to enter the vocabulary")
+    p.add_argument(
+        "--min-freq",
+        type=options.int_at_least(1),
+        default=3,
+        help="minimum count to enter the vocabulary",
+    )
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser(
@@ -1047,20 +1143,12 @@ def _quiet_unless_rank0() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _quiet_unless_rank0()
-    from ulmfit.text.rules import SPECIAL_TOKENS  # light: str rules only
-
-    bad = None
-    if getattr(args, "workers", 0) < 0:
-        bad = "--workers must be 0 (all cores) or more"
-    elif getattr(args, "chunk_docs", 1) < 1:
-        bad = "--chunk-docs must be 1 or more"
-    elif getattr(args, "max_vocab", len(SPECIAL_TOKENS)) < len(SPECIAL_TOKENS):
-        bad = f"--max-vocab must be at least {len(SPECIAL_TOKENS)} (the special tokens)"
-    if bad:
-        print(f"ulmfit: error: {bad}", file=sys.stderr)
+    try:
+        args = build_parser().parse_args(argv)
+    except UserError as e:
+        print(f"ulmfit: error: {e}", file=sys.stderr)
         return 2
+    _quiet_unless_rank0()
     import signal
     import threading
 
@@ -1077,6 +1165,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ulmfit: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return options.stdout_closed()
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -62,7 +62,7 @@ class Predictor:
         device: str | None = None,
         block: int = BLOCK,
     ) -> None:
-        import torch
+        from ulmfit.devices import resolve_device
 
         if bs < 1 or block < 1:
             raise UserError(f"bs and block must be 1 or more, got {bs} and {block}")
@@ -70,7 +70,7 @@ class Predictor:
         self.members = members
         self.path = str(path)
         self.bs, self.block = bs, block
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.kind: str = config.get("label_kind", "single")
         self.classes: list[str] = list(config.get("classes") or [])
         self.n_out: int = int(config.get("n_out") or len(self.classes))
@@ -100,8 +100,10 @@ class Predictor:
     ) -> Predictor:
         """A run folder of ``ulmfit fit`` or a model directory (single or ensemble); a bad
         directory is a UserError saying what is wrong with it."""
+        from ulmfit.devices import resolve_device
         from ulmfit.tasks.ensemble import load_members
 
+        resolve_device(device)  # a missing GPU is said before the model is read
         config, members = load_members(path)
         return cls(config, members, path, bs=bs, device=device, block=block)
 
@@ -178,7 +180,7 @@ class Predictor:
     def scores(self, texts: Sequence[str], progress: bool | None = None) -> np.ndarray:
         """``(n, n_out)`` in input order: class probabilities (single-label: softmax),
         per-label probabilities (multi-label: sigmoid) or the predicted values (regression)."""
-        return self.scores_of(self.logits(texts, progress))
+        return self.scores_of(self.logits(self.texts_of(texts), progress))
 
     def scores_of(self, logits: np.ndarray) -> np.ndarray:
         from ulmfit.tasks.classifier import sigmoid
@@ -192,9 +194,22 @@ class Predictor:
     def predict(self, texts: Sequence[str], progress: bool | None = None) -> list[dict]:
         """One prediction per text, in input order (see the module docstring for their
         shape). ``progress``: a bar on stderr (default: for long inputs on a terminal)."""
+        return [self.describe(row) for row in self.scores(texts, progress)]
+
+    def texts_of(self, texts) -> list[str]:
+        """``texts`` as a list of str: a list (or any sequence) of strings, a pandas Series,
+        or a DataFrame read by the text columns of training (joined as in training) -- one
+        text per row, never the column names a DataFrame iterates over."""
         if isinstance(texts, str):
             raise UserError("predict takes a list of texts; for one text use predict([text])")
-        return [self.describe(row) for row in self.scores(list(texts), progress)]
+        pandas = sys.modules.get("pandas")  # a DataFrame means pandas is loaded already
+        if pandas is not None and isinstance(texts, pandas.DataFrame):
+            from ulmfit.data.sources import frame_texts
+
+            return frame_texts(texts, self.config.get("text_cols") or None)
+        if pandas is not None and isinstance(texts, pandas.Series):
+            return texts.tolist()
+        return list(texts)
 
     def describe(self, row: np.ndarray) -> dict:
         """The prediction of one row of :meth:`scores`."""

@@ -345,3 +345,44 @@ def _encode_float(raw: list, where: _Where) -> LabelSet:
     if len(columns) == 1:
         values = values[:, 0]
     return LabelSet("float", [], values, where.cols)
+
+
+# A label column with this many classes, most of them a single row, is an ID or a text column
+# given as the label by mistake: a classifier of it trains for minutes and learns nothing.
+ID_LIKE_MIN_CLASSES = 100
+
+
+def check_training_labels(
+    kind: str, classes: list[str], values: np.ndarray, path: str, col: str = "label"
+) -> None:
+    """Whether training rows with these labels can train a classifier (one rule for the
+    baselines and ULMFiT): two classes at least (single-label), some row with a label and not
+    every row with the one label (multi-label), two rows at least (regression), and not a
+    column of (nearly) unique values."""
+    values = np.asarray(values)
+    if kind == "float":
+        if len(values) < 2:
+            raise UserError(f"{path}: a regression needs at least two training rows")
+        return
+    if kind == "multi":
+        if not len(classes) or not values.any():
+            raise UserError(f"{path}: no training row has a label")
+        if len(classes) < 2 and values.all():
+            raise UserError(
+                f"{path}: every training row has the same single label ({classes[0]!r}); "
+                "a classifier needs at least two classes"
+            )
+        return
+    if len(classes) < 2:
+        only = classes[0] if classes else "none"
+        raise UserError(
+            f"{path}: every training row has the same class ({only!r}); a classifier needs "
+            "at least two classes"
+        )
+    singles = int((np.bincount(values, minlength=len(classes)) == 1).sum())
+    if len(classes) >= ID_LIKE_MIN_CLASSES and singles > len(classes) / 2:
+        raise UserError(
+            f"{path}: the label column {col!r} has {len(classes):,} distinct values in "
+            f"{len(values):,} rows ({singles:,} of them on one row only): it looks like an ID "
+            "or a text, not a class; choose the label column with --label-col"
+        )

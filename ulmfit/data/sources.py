@@ -206,6 +206,19 @@ def join_fields(fields: list[str]) -> str:
     return text
 
 
+def frame_texts(frame: Any, text_cols: list[str] | None = None) -> list[str]:
+    """The text of every row of a pandas DataFrame, in row order, from ``text_cols``
+    (default ``text``) joined as a file's columns are (empty where a row has no text)."""
+    spec = SourceSpec(path=Path("DataFrame"), text_cols=list(text_cols) if text_cols else None)
+    _check_columns(spec, frame.columns)
+    cols = _text_cols(spec)
+    values = {c: frame[c].tolist() for c in cols}
+    return [
+        join_fields([_field_text(spec, values[c][i], i, c) for c in cols])
+        for i in range(len(frame))
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks shared by every reader
 
@@ -416,9 +429,12 @@ def _guarded(
 def _hash_file(digest: Any, path: Path) -> None:
     buf = bytearray(_BLOCK)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            digest.update(view[:n])
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                digest.update(view[:n])
+    except OSError as e:  # the first read of every input: no permission, a vanished file
+        raise UserError(f"{path}: cannot read ({e.strerror or _one_line(e)})") from None
 
 
 # ---------------------------------------------------------------------------------------------

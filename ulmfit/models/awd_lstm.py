@@ -47,6 +47,19 @@ class AWDLSTMConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def drop_mult_problem(self, drop_mult: float) -> str | None:
+        """What is wrong with scaling these dropouts by ``drop_mult``, if anything: every
+        probability must stay in [0, 1) (at 1 every unit is dropped and the 1/(1-p)
+        rescaling divides by zero)."""
+        largest = max(self.output_p, self.hidden_p, self.input_p, self.embed_p, self.weight_p)
+        limit = float("inf") if largest <= 0 else 1.0 / largest
+        if 0 <= drop_mult < limit:
+            return None
+        return (
+            f"drop_mult must be at least 0 and below {limit:g} (it scales dropout "
+            f"probabilities of up to {largest:g}, which must stay below 1), got {drop_mult}"
+        )
+
 
 # fastai's awd_lstm_clas_config: stronger dropouts for the classifier's encoder.
 CLASSIFIER_CONFIG = AWDLSTMConfig(

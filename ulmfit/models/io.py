@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ulmfit.errors import UserError
+from ulmfit.errors import UserError, one_line
 from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
 
 MODEL_FILE = "model.safetensors"
@@ -252,7 +252,9 @@ def arch_config(config: dict, drop_mult: float | None = None) -> AWDLSTMConfig:
     return AWDLSTMConfig(**shapes).scaled(drop_mult)
 
 
-def _read_tensors(file: Path) -> dict[str, Tensor]:
+def read_tensors(file: Path) -> dict[str, Tensor]:
+    """Every tensor of a safetensors file, or a one-line UserError for a missing, truncated,
+    empty or foreign (a pickle, a bogus header) file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -261,9 +263,7 @@ def _read_tensors(file: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(file), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UserError(
-            f"{file}: not a readable safetensors file ({str(e).splitlines()[0][:200]})"
-        ) from None
+        raise UserError(f"{file}: not a readable safetensors file ({one_line(e)})") from None
 
 
 def load_model_dir(
@@ -286,7 +286,7 @@ def load_model_dir(
         cfg = arch_config(config, drop_mult)
     except TypeError as e:
         raise UserError(f"{path / CONFIG_FILE}: bad architecture ({e})") from None
-    tensors = _read_tensors(path / MODEL_FILE)
+    tensors = read_tensors(path / MODEL_FILE)
     model = LanguageModel(len(vocab), cfg)
     expected = {k: tuple(v.shape) for k, v in stored_state(model).items()}
     missing = sorted(set(expected) - set(tensors))
@@ -407,6 +407,7 @@ __all__ = [
     "is_tied",
     "load_lm",
     "load_model_dir",
+    "read_tensors",
     "read_vocab_file",
     "save_model_dir",
     "staged_dir",

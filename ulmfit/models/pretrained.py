@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ulmfit.errors import UserError
+from ulmfit.errors import UserError, one_line
 from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
 
 _RNN_KEY = re.compile(
@@ -49,6 +49,20 @@ def read_itos(path: Path | str) -> list[str]:
     return itos
 
 
+def _refused_pickle(message: str) -> str:
+    """Why torch's safe loader refused a file, without its advice to load it unsafely
+    (``weights_only=False`` runs whatever code the file holds)."""
+    import re
+
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if found:
+        return (
+            f"holds a pickled Python object ({found[1]}), not only tensors; refused, since "
+            "unpickling it could run code. Save the model's state_dict() instead"
+        )
+    return "not a PyTorch weights file (its pickle cannot be read as plain tensors)"
+
+
 def read_fastai_state(path: Path | str) -> dict[str, Tensor]:
     """The tensors of a fastai weights file: a flat state_dict or ``{'model': state_dict}``."""
     path = Path(path)
@@ -56,9 +70,11 @@ def read_fastai_state(path: Path | str) -> dict[str, Tensor]:
         raise UserError(f"{path}: weights file not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, random bytes, a pickle with classes
+    except pickle.UnpicklingError as e:  # a pickle with classes, or bytes that are no pickle
+        raise UserError(f"{path}: {_refused_pickle(str(e))}") from None
+    except Exception as e:  # truncated zip, an empty file
         raise UserError(
-            f"{path}: cannot read PyTorch weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            f"{path}: cannot read PyTorch weights ({type(e).__name__}: {one_line(e)})"
         ) from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]

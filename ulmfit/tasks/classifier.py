@@ -57,7 +57,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ulmfit.devices import resolve_device
 from ulmfit.errors import UserError
+from ulmfit.models.awd_lstm import CLASSIFIER_CONFIG
 
 MODEL_DIR = "model"
 LM_DIR = "lm"
@@ -120,8 +122,13 @@ def _check_config(cfg: ClassifierConfig) -> None:
         bad.append(f"valid_pct must be in [0, 1), got {cfg.valid_pct}")
     if cfg.max_len < cfg.bptt:
         bad.append(f"max_len ({cfg.max_len}) must be at least bptt ({cfg.bptt})")
+    if problem := CLASSIFIER_CONFIG.drop_mult_problem(cfg.drop_mult):
+        bad.append(problem)
+    if not cfg.wd >= 0:
+        bad.append(f"wd must be 0 or more, got {cfg.wd}")
     if bad:
         raise UserError("; ".join(bad))
+    resolve_device(cfg.device)
 
 
 # ----------------------------------------------------------------------------------------
@@ -203,22 +210,13 @@ def read_labels(
 
 
 def check_training_labels(labels, path: str) -> None:
-    """A LabelSet or LabelledDocs of training rows: two classes at least (single-label), one
-    label used at least once (multi-label); a numeric target is not checked."""
-    kind = getattr(labels, "kind", "single")
-    if kind == "float":
-        return
-    if kind == "multi":
-        values = labels.labels if isinstance(labels, LabelledDocs) else labels.values
-        if not labels.classes or not np.asarray(values).any():
-            raise UserError(f"{path}: no training row has a label")
-        return
-    if len(labels.classes) < 2:
-        only = labels.classes[0] if labels.classes else "none"
-        raise UserError(
-            f"{path}: every training row has the same class ({only!r}); a classifier "
-            "needs at least two classes"
-        )
+    """A LabelSet or LabelledDocs of training rows: see
+    :func:`ulmfit.data.labels.check_training_labels`."""
+    from ulmfit.data.labels import check_training_labels as check
+
+    values = labels.labels if isinstance(labels, LabelledDocs) else labels.values
+    cols = getattr(labels, "cols", None) or ["label"]
+    check(getattr(labels, "kind", "single"), list(labels.classes), values, path, cols[0])
 
 
 def read_labelled(
@@ -300,8 +298,6 @@ def _subset(d: LabelledDocs, idx: np.ndarray) -> LabelledDocs:
 
 def classifier_arch(lm_arch: dict):
     """fastai's ``awd_lstm_clas_config`` dropouts with the language model's shapes."""
-    from ulmfit.models.awd_lstm import CLASSIFIER_CONFIG
-
     keys = ("emb_sz", "n_hid", "n_layers", "pad_token")
     return replace(CLASSIFIER_CONFIG, **{k: lm_arch[k] for k in keys if k in lm_arch})
 
@@ -375,10 +371,12 @@ def model_dir_of(path: Path | str) -> Path:
 
 
 def load_classifier(path: Path | str):
-    """``(model, vocab, config)`` of an exported classifier (a run folder or its model dir)."""
-    from safetensors.torch import load_file
-
+    """``(model, vocab, config)`` of an exported classifier (a run folder or its model dir).
+    config.json is checked field by field and against the stored tensors' shapes before the
+    model is built, so a damaged or edited directory is one line, never a traceback."""
     from ulmfit.models.awd_lstm import AWDLSTMConfig
+    from ulmfit.models.dirs import check_classifier_config, check_shapes
+    from ulmfit.models.io import read_tensors
     from ulmfit.text.vocab import load_vocab
 
     folder = model_dir_of(path)
@@ -387,22 +385,34 @@ def load_classifier(path: Path | str):
         raise UserError(f"{path}: not a classifier run or model directory (no {file.name})")
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{file}: cannot read ({e})") from None
     except ValueError as e:
         raise UserError(f"{file}: not valid JSON ({e})") from None
-    if config.get("task") != TASK:
-        raise UserError(f"{file}: task is {config.get('task')!r}, expected {TASK!r}")
+    if not isinstance(config, dict) or config.get("task") != TASK:
+        task = config.get("task") if isinstance(config, dict) else None
+        raise UserError(f"{file}: task is {task!r}, expected {TASK!r}")
+    check_classifier_config(config, file)
     vocab = load_vocab(folder / "vocab.json")
-    arch = AWDLSTMConfig(**{k: v for k, v in config["architecture"].items() if k != "name"})
-    c = config["classifier"]
-    cfg = ClassifierConfig(drop_mult=c["drop_mult"], bptt=c["bptt"], max_len=c["max_len"])
-    model = build_classifier(len(vocab), config["n_out"], arch, cfg)
+    if len(vocab) != config["vocab_size"]:
+        raise UserError(
+            f"{folder}: vocab.json has {len(vocab)} tokens, config.json {config['vocab_size']}"
+        )
     try:
-        state = load_file(str(folder / "model.safetensors"), device="cpu")
-        state[_EMB_DP] = state[_EMB]
-        model.load_state_dict(state, strict=True)
-    except (OSError, RuntimeError, KeyError) as e:
-        msg = str(e).splitlines()[0][:200]
-        raise UserError(f"{folder}/model.safetensors: does not match config.json ({msg})") from None
+        arch = AWDLSTMConfig(**{k: v for k, v in config["architecture"].items() if k != "name"})
+    except TypeError as e:
+        raise UserError(f"{file}: bad architecture ({e})") from None
+    c = config["classifier"]
+    if problem := arch.drop_mult_problem(c["drop_mult"]):
+        raise UserError(f"{file}: classifier.{problem}")
+    cfg = ClassifierConfig(drop_mult=c["drop_mult"], bptt=c["bptt"], max_len=c["max_len"])
+    with torch.device("meta"):  # the shapes config.json implies, allocating nothing
+        expected = build_classifier(len(vocab), config["n_out"], arch, cfg).state_dict()
+    expected.pop(_EMB_DP, None)
+    tensors = read_tensors(folder / "model.safetensors")
+    check_shapes(expected, tensors, folder / "model.safetensors")
+    model = build_classifier(len(vocab), config["n_out"], arch, cfg)
+    model.load_state_dict({**tensors, _EMB_DP: tensors[_EMB]}, strict=True)
     model.eval()
     return model, vocab, config
 
@@ -922,8 +932,10 @@ def evaluate(
     Single-label: accuracy, error_rate, macro_f1, per_class, confusion. Multi-label (with the
     thresholds stored at training): micro_f1, macro_f1, roc_auc, per_class, per_class_f1.
     Regression: mae, rmse (and per_target)."""
+    from ulmfit.devices import resolve_device
     from ulmfit.tasks.ensemble import load_members, mean_outputs
 
+    dev = resolve_device(device)
     config, members = load_members(run)
     classes = config["classes"]
     kind = config.get("label_kind", "single")
@@ -932,7 +944,6 @@ def evaluate(
     if kind == "multi" and "thresholds" not in config:
         raise UserError(f"{model_dir_of(run)}/config.json: multi-label model without thresholds")
     test_spec = with_saved_columns(test_spec, config)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     outputs, docs = [], None
     for model, vocab, mconfig in members:
         docs = _read_for(mconfig, test_spec, vocab, classes, kind, dry_run)

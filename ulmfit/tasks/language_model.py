@@ -51,8 +51,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ulmfit.devices import resolve_device
 from ulmfit.errors import UserError
-from ulmfit.models.awd_lstm import LanguageModel
+from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
 
 # ----------------------------------------------------------------------------------------
 # Corpora in token strings, and their ids in a model's vocabulary
@@ -427,8 +428,12 @@ def _check_config(cfg: LMTrainConfig) -> None:
     for name in ("lr", "frozen_lr"):
         if hasattr(cfg, name) and not getattr(cfg, name) > 0:
             bad.append(f"{name} must be positive, got {getattr(cfg, name)}")
-    if not 0 <= cfg.drop_mult:
-        bad.append(f"drop_mult must be 0 or more, got {cfg.drop_mult}")
+    if problem := AWDLSTMConfig().drop_mult_problem(cfg.drop_mult):
+        bad.append(problem)
+    if not cfg.wd >= 0:
+        bad.append(f"wd must be 0 or more, got {cfg.wd}")
+    if cfg.clip is not None and not cfg.clip > 0:
+        bad.append(f"clip must be positive (or None), got {cfg.clip}")
     if not 0 <= cfg.valid_pct < 1:
         bad.append(f"valid_pct must be in [0, 1), got {cfg.valid_pct}")
     if cfg.workers < 0:
@@ -438,6 +443,7 @@ def _check_config(cfg: LMTrainConfig) -> None:
             bad.append(f"{name} must be 1 or more, got {getattr(cfg, name)}")
     if bad:
         raise UserError("; ".join(bad))
+    resolve_device(cfg.device)
 
 
 # ----------------------------------------------------------------------------------------
@@ -892,7 +898,6 @@ def _pretrain_setup(specs: list, cfg: PretrainConfig, valid: list | None) -> _Se
     import tempfile
 
     from ulmfit.data.sources import file_fingerprint
-    from ulmfit.models.awd_lstm import AWDLSTMConfig
 
     specs, folder_valid = corpus_folder(specs)
     valid = valid if valid is not None else folder_valid

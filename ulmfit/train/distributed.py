@@ -73,11 +73,9 @@ def env_world() -> tuple[int, int, int]:
 def device_for(device: str | None, local_rank: int | None = None) -> torch.device:
     """The device of this process: ``device`` (default: cuda if available, else cpu), with
     a bare ``cuda`` meaning GPU ``LOCAL_RANK`` when launched by torchrun."""
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        d = torch.device(dev)
-    except RuntimeError as e:
-        raise UserError(f"bad --device {dev!r}: {e}") from None
+    from ulmfit.devices import resolve_device
+
+    d = torch.device(resolve_device(device))
     if d.type == "cuda" and d.index is None:
         if local_rank is None:
             local_rank = env_world()[2] if env_world()[1] > 1 else 0
