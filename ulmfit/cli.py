@@ -171,7 +171,10 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     from ulmfit.tasks.language_model import lm_eval, read_token_corpus
 
     specs = _specs(args)
+    from ulmfit.devices import resolve_device
+
     model, vocab, info = load_lm(args.model, args.vocab)
+    model.to(resolve_device(args.device))
     corpus = read_token_corpus(
         specs,
         limit_docs=args.limit_docs,
@@ -468,6 +471,9 @@ def _add_lm_commands(sub) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("inputs", nargs="+", metavar="DATA")
     p.add_argument("--vocab", metavar="ITOS.pkl", help="vocabulary of a fastai .pth")
+    p.add_argument(
+        "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
     p.add_argument(
         "--limit-docs", type=options.int_at_least(1), metavar="N", help="only the first N documents"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,9 @@ def read_fastai_state(path: Path | str) -> dict[str, Tensor]:
     if not path.exists():
         raise UserError(f"{path}: weights file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles before refusing them
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # a pickle with classes, or bytes that are no pickle
         raise UserError(f"{path}: {_refused_pickle(str(e))}") from None
     except Exception as e:  # truncated zip, an empty file
