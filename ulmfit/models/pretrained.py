@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import pickle
-import warnings
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
