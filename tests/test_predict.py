@@ -205,8 +205,8 @@ def test_predict_cli_file_to_csv_in_input_order(models, tmp_path, capsys):
     for g, w in zip(got, want):
         for c, q in w["probabilities"].items():
             assert abs(float(g[f"p_{c}"]) - q) < 1e-5
-    # --json with --out: a summary
-    code, stdout, err = run(capsys, *argv, "--json")
+    # --json with --out: a summary (--overwrite: the file is there now)
+    code, stdout, err = run(capsys, *argv, "--json", "--overwrite")
     assert code == 0 and json.loads(stdout)["n"] == 20, err
 
 
