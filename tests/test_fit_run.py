@@ -83,7 +83,9 @@ def test_rerun_reuses_unchanged_stages(setup, tmp_path, monkeypatch):
     # a classifier setting changed: refused, nothing touched; with overwrite the LM is
     # reused and the classifier retrained in place
     before = _snapshot(out)
-    with pytest.raises(UserError, match="classifier stage .*setting lr was 0.02 there, now 0.001"):
+    with pytest.raises(
+        UserError, match=r"classifier stage .*other settings \(lr: 0.02 there, now 0.001\)"
+    ):
         fit(_spec(setup["train"]), setup["fwd"], out, cfg=_cfg(lr=1e-3))
     assert _snapshot(out) == before
     other = fit(_spec(setup["train"]), setup["fwd"], out, cfg=_cfg(lr=1e-3), overwrite=True)

@@ -232,22 +232,22 @@ def _attempt_key(out_dir: Path, stage: _Stage) -> str | None:
 
 
 def _what_changed(old: dict | None, new: dict) -> str:
-    """The first part of a stage's key that differs, in words."""
-    if not old:
-        return "other inputs or settings"
-    for part, value in new.items():
+    """How a stage's key differs from the finished one's, in words: the first part of it."""
+    for part, value in new.items() if old else ():
         was = old.get(part)
         if was == value:
             continue
         if part == "settings" and isinstance(was, dict):
             k = next(k for k in [*value, *was] if was.get(k) != value.get(k))
-            return f"setting {k} was {json.dumps(was.get(k))} there, now {json.dumps(value.get(k))}"
-        return f"another {part}"
-    return "other inputs or settings"
+            shown = f"{json.dumps(was.get(k))} there, now {json.dumps(value.get(k))}"
+            return f"was made with other settings ({k}: {shown})"
+        return f"was made from another {part}"
+    return "was made from other inputs or settings"
 
 
-def _refusal(out_dir: Path, stage: _Stage, old_name: str | None, old: dict | None) -> UserError:
-    folder = out_dir / stage.folders[0]
+def _refusal(out_dir: Path, folder: str, stage: _Stage, old_name: str | None) -> UserError:
+    old = _records(out_dir).get(old_name) if old_name else None
+    folder = out_dir / folder
     if old_name is None:
         what = f"{folder} exists and is not a finished stage of this run"
     elif old_name != stage.name:
@@ -256,7 +256,7 @@ def _refusal(out_dir: Path, stage: _Stage, old_name: str | None, old: dict | Non
         )
     else:
         changed = _what_changed(old.get("parts") if old else None, stage.parts)
-        what = f"its finished {stage.name} stage ({folder}) was made with {changed}"
+        what = f"its finished {stage.name} stage ({folder}) {changed}"
     return UserError(f"{out_dir}: {what}; pass --overwrite to replace it, or choose another --out")
 
 
@@ -272,12 +272,14 @@ def _check_replaces(out_dir: Path, stages: list[_Stage], overwrite: bool) -> Non
             consented.add(stage.name)  # continues what an earlier --overwrite started
             continue
         for folder in stage.folders:
+            if not (out_dir / folder).exists():
+                continue  # nothing there to replace
             owners = [n for n, r in records.items() if folder in r["folders"]]
             if any(n != stage.name or records[n]["key"] != stage.key for n in owners):
                 old = owners[0] if stage.name not in owners else stage.name
-                raise _refusal(out_dir, stage, old, records[old])
-            if not owners and stage.name != "test" and (out_dir / folder).exists():
-                raise _refusal(out_dir, stage, None, None)
+                raise _refusal(out_dir, folder, stage, old)
+            if not owners and stage.name != "test":
+                raise _refusal(out_dir, folder, stage, None)
 
 
 def check_inputs_outside(out_dir: Path | str, models: dict[str, Path | str | None]) -> None:
@@ -508,6 +510,17 @@ def _plain(obj: dict) -> dict:
     return json.loads(json.dumps(obj, default=str))  # as stages.json will hold it
 
 
+def _check_labels(train_spec, valid_spec, test_spec, cfg: ClassifierConfig) -> ClassifierConfig:
+    """Every label file checked in full (dry runs too) before anything is trained; ``cfg``
+    with the kind of target found."""
+    _, labels, _, _ = read_labels(train_spec, kind=cfg.label_kind)
+    check_training_labels(labels, str(train_spec.path))
+    for spec in (valid_spec, test_spec):
+        if spec is not None:
+            read_labels(spec, labels.classes, kind=labels.kind)
+    return replace(cfg, label_kind=labels.kind)
+
+
 def _check_direction(direction: str, sources: dict) -> list[str]:
     if direction not in DIRECTIONS:
         raise UserError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
@@ -562,13 +575,7 @@ def fit(
         for s in (train_spec, valid_spec, *unlabelled)
         if s is not None
     ]
-    # every label file is checked in full (dry runs too) before anything is trained
-    _, labels, _, _ = read_labels(train_spec, kind=cfg.label_kind)
-    check_training_labels(labels, str(train_spec.path))
-    for spec in (valid_spec, test_spec):
-        if spec is not None:
-            read_labels(spec, labels.classes, kind=labels.kind)
-    cfg = replace(cfg, label_kind=labels.kind)
+    cfg = _check_labels(train_spec, valid_spec, test_spec, cfg)
     stages = _plan(texts, train_spec, valid_spec, test_spec, dirs, sources, lm_cfg, cfg)
     distributed.on_main(lambda: _check_replaces(out_dir, stages, overwrite))
     distributed.on_main(lambda: out_dir.mkdir(parents=True, exist_ok=True))
