@@ -401,3 +401,11 @@ def test_dry_run_sample_spreads_over_the_classes_in_input_order():
     assert clf_mod.dry_run_sample(raw[:10], "single", 20) == list(range(10))
     rand = clf_mod.dry_run_sample([0.5] * 100, "float", 16)
     assert rand == sorted(rand) and len(set(rand)) == 16 and rand != list(range(16))
+
+
+def test_dry_run_dir_is_beside_the_run(tmp_path, monkeypatch):
+    assert dry_run_dir(tmp_path / "runs" / "trec") == tmp_path / "runs" / "trec.dry-run"
+    monkeypatch.chdir(tmp_path / ".")
+    assert dry_run_dir(".") == tmp_path.with_name(tmp_path.name + ".dry-run")
+    with pytest.raises(UserError, match="needs a run folder"):
+        dry_run_dir("/")

@@ -298,6 +298,10 @@ def check_inputs_outside(out_dir: Path | str, models: dict[str, Path | str | Non
 def dry_run_dir(out_dir: Path | str) -> Path:
     """The scratch run folder of ``fit --dry-run --out RUN``: ``RUN.dry-run`` beside it."""
     out_dir = Path(out_dir)
+    if not out_dir.name:  # "." or ".."
+        out_dir = out_dir.resolve()
+    if not out_dir.name:
+        raise UserError(f"--out {out_dir}: a dry run needs a run folder with a name beside it")
     return out_dir.with_name(out_dir.name + DRY_RUN_SUFFIX)
 
 
