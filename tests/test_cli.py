@@ -497,3 +497,17 @@ def test_a_failed_or_interrupted_write_leaves_the_target_and_no_temp(tmp_path, m
     with pytest.raises(UserError, match="cannot write .Permission denied"):
         atomic.write_output(target, lambda f: f.write("new"), overwrite=True)
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]
+
+
+def test_an_unwritable_folder_is_refused_before_any_work(capsys, env_cache, tmp_path, monkeypatch):
+    """What a read-only folder answers a user who is not root (root may write anyway)."""
+    from ulmfit import atomic
+
+    csv = tmp_path / "c.csv"
+    csv.write_text("text\nhello\n")
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: False)
+    code, out, err = run(
+        capsys, "tokenize", csv, "--out", tmp_path / "o.jsonl", "--cache-dir", env_cache
+    )
+    assert_user_error(code, out, err, "cannot write in the folder", "permission denied")
+    assert not env_cache.exists()  # nothing tokenized
