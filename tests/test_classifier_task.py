@@ -15,7 +15,7 @@ from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
 from ulmfit.models.io import save_model_dir
 from ulmfit.tasks.classifier import ClassifierConfig, load_classifier
 from ulmfit.tasks.language_model import tokenize_texts
-from ulmfit.tasks.run import fit
+from ulmfit.tasks.run import dry_run_dir, fit
 from ulmfit.text.rules import SPECIAL_TOKENS
 
 
@@ -56,6 +56,7 @@ def test_fit_then_evaluate(capsys, setup, tmp_path, monkeypatch):
     assert code == 0, err
     res = json.loads(stdout)
     assert 0 <= res["test"]["accuracy"] <= 1 and res["test"]["n"] == 20
+    out = dry_run_dir(out)  # where a dry run writes
     # RUN layout: the fine-tuned LM, the exported classifier (no pickle), the report
     assert (out / "lm" / "config.json").is_file()
     assert sorted(p.name for p in (out / "model").iterdir()) == [
@@ -69,7 +70,7 @@ def test_fit_then_evaluate(capsys, setup, tmp_path, monkeypatch):
     assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["task"] == "classifier" and config["label_kind"] == "single"
-    assert config["classes"] == sorted({r["label"] for r in _rows(64)})
+    assert config["classes"] == sorted({r["label"] for r in _rows(80)})  # every class sampled
     assert config["architecture"]["n_hid"] == 16 and config["architecture"]["output_p"] == 0.4
     report = json.loads((out / "report" / "metrics.json").read_text())
     # gradual unfreezing (4 groups: embedding, 2 LSTMs, head): -1, -2, -3, then unfrozen
@@ -116,7 +117,7 @@ def test_bad_labels_are_user_errors(capsys, setup, tmp_path, monkeypatch):
     argv = ["--pretrained", setup["pretrained"], "--dry-run", "--workers", 1, "--device", "cpu"]
     code, _, err = run(capsys, "fit", "--train", one, "--out", tmp_path / "a", *argv)
     assert code == 2 and "same class" in err and "'DESC'" in err
-    assert not (tmp_path / "a" / "lm").exists()  # refused before any training
+    assert not dry_run_dir(tmp_path / "a").exists()  # refused before any training
     bad = [dict(r) for r in _rows(10, 80)]
     bad[3]["label"] = "NOVEL"
     test = _write(tmp_path / "bad.csv", bad)

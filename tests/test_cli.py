@@ -387,3 +387,123 @@ def test_error_in_a_real_subprocess(tmp_path):
         timeout=60,
     )
     assert_user_error(proc.returncode, proc.stdout, proc.stderr, "nope.csv")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output files: never an input, never an existing file without --overwrite, written atomically
+
+
+def test_tokenize_out_never_replaces_an_input_or_an_existing_file(capsys, env_cache, tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("text\nhello world\nbye\n")
+    before = csv.read_bytes()
+    common = ["--cache-dir", env_cache, "--workers", "1"]
+    link = tmp_path / "link.csv"
+    link.symlink_to(csv)
+    for target in (csv, link, tmp_path / "." / "c.csv"):
+        code, out, err = run(capsys, "tokenize", csv, "--out", target, *common, "--overwrite")
+        assert_user_error(code, out, err, "would overwrite the input")
+    assert csv.read_bytes() == before
+    # a folder input (one folder per class): nothing is written inside it
+    pos = tmp_path / "imdb" / "pos"
+    pos.mkdir(parents=True)
+    (pos / "1.txt").write_text("great")
+    (tmp_path / "imdb" / "neg").mkdir()
+    (tmp_path / "imdb" / "neg" / "2.txt").write_text("bad")
+    code, out, err = run(capsys, "tokenize", tmp_path / "imdb", "--out", pos / "t.jsonl", *common)
+    assert_user_error(code, out, err, "would overwrite the input")
+    assert sorted(p.name for p in pos.iterdir()) == ["1.txt"]
+    # an existing file: refused without --overwrite; a user's own F.tmp files survive
+    target = tmp_path / "o.jsonl"
+    target.write_text("mine\n")
+    (tmp_path / "o.jsonl.tmp").write_text("keep")
+    (tmp_path / ".o.jsonl.tmp").write_text("keep too")
+    code, out, err = run(capsys, "tokenize", csv, "--out", target, *common)
+    assert_user_error(code, out, err, "o.jsonl", "exists", "--overwrite")
+    assert target.read_text() == "mine\n"
+    code, out, err = run(capsys, "tokenize", csv, "--out", target, *common, "--overwrite")
+    assert code == 0, err
+    assert [json.loads(x)[:2] for x in target.read_text().splitlines()] == [
+        ["xxbos", "hello"],
+        ["xxbos", "bye"],
+    ]
+    assert (tmp_path / "o.jsonl.tmp").read_text() == "keep"
+    assert (tmp_path / ".o.jsonl.tmp").read_text() == "keep too"
+    hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert hidden == [".o.jsonl.tmp"]  # no temp file of ours left
+
+
+def _bad_out_paths(tmp_path) -> list[tuple[Path, str]]:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "plain").write_text("x")
+    return [
+        (tmp_path / "folder", "is a folder"),
+        (Path("/"), "is a folder"),
+        (tmp_path / "no-such" / "o.out", "no such folder"),
+        (tmp_path / "plain" / "o.out", "is not a folder"),
+    ]
+
+
+def test_tokenize_bad_out_paths_are_one_line_errors(capsys, env_cache, tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("text\nhello\n")
+    for target, needle in _bad_out_paths(tmp_path):
+        code, out, err = run(
+            capsys, "tokenize", csv, "--out", target, "--cache-dir", env_cache, "--workers", "1"
+        )
+        assert_user_error(code, out, err, needle)
+    assert not env_cache.exists()  # refused before tokenizing
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_tokenize_into_a_read_only_folder(capsys, env_cache, tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("text\nhello\n")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        code, out, err = run(
+            capsys, "tokenize", csv, "--out", ro / "o.jsonl", "--cache-dir", env_cache
+        )
+        assert_user_error(code, out, err, "permission denied")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_a_failed_or_interrupted_write_leaves_the_target_and_no_temp(tmp_path, monkeypatch):
+    from ulmfit import atomic
+    from ulmfit.errors import UserError
+
+    target = tmp_path / "o.txt"
+    target.write_text("old")
+
+    def half(f):
+        f.write("half of the new")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_output(target, half, overwrite=True)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]
+
+    def refused(*a, **k):  # as a read-only folder answers, for root too
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(atomic, "open", refused, raising=False)
+    with pytest.raises(UserError, match="cannot write .Permission denied"):
+        atomic.write_output(target, lambda f: f.write("new"), overwrite=True)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]
+
+
+def test_an_unwritable_folder_is_refused_before_any_work(capsys, env_cache, tmp_path, monkeypatch):
+    """What a read-only folder answers a user who is not root (root may write anyway)."""
+    from ulmfit import atomic
+
+    csv = tmp_path / "c.csv"
+    csv.write_text("text\nhello\n")
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: False)
+    code, out, err = run(
+        capsys, "tokenize", csv, "--out", tmp_path / "o.jsonl", "--cache-dir", env_cache
+    )
+    assert_user_error(code, out, err, "cannot write in the folder", "permission denied")
+    assert not env_cache.exists()  # nothing tokenized

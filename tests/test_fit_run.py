@@ -2,6 +2,7 @@
 evaluate with the columns of training; AR/TAR on the classifier."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from ulmfit.tasks import classifier as clf_mod
 from ulmfit.tasks.classifier import ClassifierConfig, load_classifier, predict_logits
 from ulmfit.tasks.ensemble import load_members, mean_outputs
 from ulmfit.tasks.language_model import reverse_docs
-from ulmfit.tasks.run import fit, read_stages
+from ulmfit.tasks.run import dry_run_dir, fit, read_stages
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,11 @@ def _spec(path) -> SourceSpec:
     return SourceSpec(path=path, label_cols=["label"])
 
 
+def _snapshot(folder) -> dict:
+    """Every file under ``folder`` (hidden ones too) and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -64,7 +70,7 @@ def test_rerun_reuses_unchanged_stages(setup, tmp_path, monkeypatch):
         _spec(setup["train"]), setup["fwd"], out, test_spec=_spec(setup["test"]), cfg=_cfg()
     )
     assert not first["lm"]["reused"] and not first["classifier"]["reused"]
-    assert set(read_stages(out)) == {"lm", "classifier"}
+    assert set(read_stages(out)) == {"lm", "classifier", "test"}
     weights = (out / "model" / "model.safetensors").stat().st_mtime_ns
     lm_weights = (out / "lm" / "model.safetensors").stat().st_mtime_ns
     # nothing changed: both stages reused, the test scored again with the same result
@@ -74,20 +80,26 @@ def test_rerun_reuses_unchanged_stages(setup, tmp_path, monkeypatch):
     assert again["lm"]["reused"] and again["classifier"]["reused"]
     assert again["test"] == first["test"]
     assert (out / "model" / "model.safetensors").stat().st_mtime_ns == weights
-    # a classifier setting changed: the LM is reused, the classifier retrained in place
-    other = fit(_spec(setup["train"]), setup["fwd"], out, cfg=_cfg(lr=1e-3))
+    # a classifier setting changed: refused, nothing touched; with overwrite the LM is
+    # reused and the classifier retrained in place
+    before = _snapshot(out)
+    with pytest.raises(
+        UserError, match=r"classifier stage .*other settings \(lr: 0.02 there, now 0.001\)"
+    ):
+        fit(_spec(setup["train"]), setup["fwd"], out, cfg=_cfg(lr=1e-3))
+    assert _snapshot(out) == before
+    other = fit(_spec(setup["train"]), setup["fwd"], out, cfg=_cfg(lr=1e-3), overwrite=True)
     assert other["lm"]["reused"] and not other["classifier"]["reused"]
     assert (out / "lm" / "model.safetensors").stat().st_mtime_ns == lm_weights
     assert json.loads((out / "model" / "config.json").read_text())["config"]["lr"] == 1e-3
     assert json.loads((out / "report" / "metrics.json").read_text())["config"]["lr"] == 1e-3
-    # an LM input changed (more texts): both stages again
-    more = fit(
-        _spec(setup["train"]),
-        setup["fwd"],
-        out,
-        unlabelled=[SourceSpec(path=setup["unlabelled"])],
-        cfg=_cfg(lr=1e-3),
-    )
+    assert "test" not in read_stages(out)  # the report it scored was replaced
+    # an LM input changed (more texts): refused, then both stages again
+    unlabelled = [SourceSpec(path=setup["unlabelled"])]
+    with pytest.raises(UserError, match="its finished lm stage .* another set of texts"):
+        fit(_spec(setup["train"]), setup["fwd"], out, unlabelled=unlabelled, cfg=_cfg(lr=1e-3))
+    more = fit(_spec(setup["train"]), setup["fwd"], out, unlabelled=unlabelled,
+               cfg=_cfg(lr=1e-3), overwrite=True)  # fmt: skip
     assert not more["lm"]["reused"] and not more["classifier"]["reused"]
     # the fine-tuned LM read the unlabelled texts too (dry run: 16 rows of each file)
     lm_report = json.loads((out / "lm" / "report.json").read_text())
@@ -157,6 +169,9 @@ def test_both_directions_average_probabilities(capsys, setup, tmp_path, monkeypa
     code, stdout, err = run(capsys, *argv)
     assert code == 0, err
     res = json.loads(stdout)
+    assert res["dry_run"] is True and res["out"] == str(dry_run_dir(out))
+    assert not out.exists()  # a dry run writes only to its own scratch folder
+    out = dry_run_dir(out)
     for d in ("fwd", "bwd"):
         assert (out / d / "model" / "config.json").is_file()
         assert (out / "model" / d / "model.safetensors").is_file()  # self-contained copy
@@ -195,7 +210,7 @@ def test_evaluate_uses_the_columns_of_training(capsys, setup, tmp_path, monkeypa
     argv += ["--text-col", "question", "--label-col", "category", "--workers", 1, "--device", "cpu"]
     code, _, err = run(capsys, *argv)
     assert code == 0, err
-    code, stdout, err = run(capsys, "evaluate", out, test, "--json", "--device", "cpu")
+    code, stdout, err = run(capsys, "evaluate", dry_run_dir(out), test, "--json", "--device", "cpu")
     assert code == 0, err
     assert json.loads(stdout)["n"] <= 10
 
@@ -237,7 +252,8 @@ def test_fit_prints_the_baselines_beside(capsys, setup, tmp_path, monkeypatch):
     assert code == 0, err
     assert "test: accuracy" in stdout and "test, NB-SVM: accuracy" in stdout
     assert "test, TF-IDF + LR: accuracy" in stdout
-    saved = json.loads((out / "report" / "baselines.json").read_text())
+    assert "dry run" in stdout and "not comparable" in stdout
+    saved = json.loads((dry_run_dir(out) / "report" / "baselines.json").read_text())
     assert saved["n_test"] == 20 and 0 <= saved["nbsvm"]["accuracy"] <= 1
 
 
@@ -251,7 +267,8 @@ def test_test_file_with_other_columns_and_a_very_long_text(capsys, setup, tmp_pa
     argv = ["fit", "--train", setup["train"], "--test", other, "--out", tmp_path / "a"]
     code, _, err = run(capsys, *argv, "--pretrained", setup["fwd"], "--dry-run", "--workers", 1)
     assert code == 2 and "o.csv" in err and "column" in err, err
-    assert not (tmp_path / "a" / "lm").exists()  # refused before any training
+    assert not dry_run_dir(tmp_path / "a").exists()  # refused before any training
+    assert not (tmp_path / "a").exists()
     # a document of ~30,000 tokens is read whole, in bptt chunks, without error
     out = tmp_path / "run"
     fit(_spec(setup["train"]), setup["fwd"], out, cfg=_cfg())
@@ -259,3 +276,136 @@ def test_test_file_with_other_columns_and_a_very_long_text(capsys, setup, tmp_pa
     long[1]["text"] = " ".join([_rows(1)[0]["text"]] * 3_000)
     ev = clf_mod.evaluate(out, _spec(_write(tmp_path / "long.csv", long)), device="cpu")
     assert ev["n"] == 2 and len(ev["predictions"]) == 2
+
+
+# ----------------------------------------------------------------------------------------
+# A finished run is never replaced without --overwrite; a dry run has a folder of its own
+
+
+def _lines(err: str) -> list[str]:
+    return err.strip("\n").splitlines()
+
+
+def test_dry_run_and_other_settings_leave_a_finished_run_as_it_was(
+    capsys, setup, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("ULMFIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    fit(_spec(setup["train"]), setup["fwd"], out, test_spec=_spec(setup["test"]), cfg=_cfg())
+    assert (out / "report" / "test.json").is_file()
+    before = _snapshot(out)
+    common = ["--train", setup["train"], "--test", setup["test"], "--out", out]
+    common += ["--pretrained", setup["fwd"], "--workers", 1, "--device", "cpu", "--bs", 16]
+    # a dry run: into RUN.dry-run, RUN byte for byte as it was; it says it is a dry run
+    code, stdout, err = run(capsys, "fit", *common, "--dry-run", "--json")
+    assert code == 0, err
+    res = json.loads(stdout)
+    assert res["dry_run"] is True and res["out"] == str(dry_run_dir(out))
+    assert (dry_run_dir(out) / "model" / "config.json").is_file()
+    code, stdout, err = run(capsys, "fit", *common, "--dry-run", "--lr", 1e-3)
+    assert code == 0, err  # the scratch folder is the dry run's own: replaced without asking
+    assert "dry run into" in stdout and "not comparable" in stdout
+    assert _snapshot(out) == before
+    # other settings (here a real run's): refused before any work, naming the stage
+    code, stdout, err = run(capsys, "fit", *common, "--lr", 1e-3)
+    assert code == 2 and stdout == "" and len(_lines(err)) == 1, err
+    assert "finished lm stage" in err and "dry_run" in err and "--overwrite" in err
+    # another --direction: the ensemble would replace the finished classifier
+    with pytest.raises(UserError, match="finished classifier stage .* by the ensemble stage"):
+        fit(_spec(setup["train"]), setup["fwd"], out, cfg=_cfg(), direction="both",
+            pretrained_bwd=setup["bwd"])  # fmt: skip
+    # another test file: the finished test score would be replaced
+    other = _write(tmp_path / "other.csv", _rows(30, 80)[:10])
+    with pytest.raises(UserError, match="finished test stage .* another test file"):
+        fit(_spec(setup["train"]), setup["fwd"], out, test_spec=_spec(other), cfg=_cfg())
+    assert _snapshot(out) == before
+    # the same settings again: every stage reused, nothing replaced
+    again = fit(
+        _spec(setup["train"]), setup["fwd"], out, test_spec=_spec(setup["test"]), cfg=_cfg()
+    )
+    assert again["lm"]["reused"] and again["classifier"]["reused"]
+    assert _snapshot(out) == before
+
+
+def test_pretrained_inside_out_is_refused_and_the_users_folder_kept(
+    capsys, setup, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("ULMFIT_CACHE", str(tmp_path / "cache"))
+    x = tmp_path / "x"
+    shutil.copytree(setup["fwd"], x / "lm")
+    (x / "lm" / "notes.txt").write_text("the user's own file")
+    before = _snapshot(x)
+    common = ["fit", "--train", setup["train"], "--out", x, "--workers", 1, "--device", "cpu"]
+    both = ["--pretrained", setup["fwd"], "--direction", "both", "--pretrained-bwd"]
+    for flags in (
+        ["--pretrained", x / "lm"],
+        ["--pretrained", x / "lm", "--overwrite"],
+        ["--pretrained", x / "lm", "--dry-run"],
+        [*both, x / "lm"],
+    ):
+        code, stdout, err = run(capsys, *common, *flags)
+        assert code == 2 and len(_lines(err)) == 1, err
+        assert "inside --out" in err and str(x / "lm") in err
+    # a folder RUN/lm that no run of fit made: refused too, without --overwrite
+    code, _, err = run(capsys, *common, "--pretrained", setup["fwd"])
+    assert code == 2 and len(_lines(err)) == 1 and "not a finished stage" in err, err
+    assert _snapshot(x) == before
+    assert not dry_run_dir(x).exists()
+
+
+def test_a_run_interrupted_after_overwrite_continues_without_it(setup, tmp_path, monkeypatch):
+    """A finished LM and an interrupted classifier that --overwrite was replacing: the
+    finished LM is reused, the classifier continues (its key is the new one)."""
+    monkeypatch.setenv("ULMFIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    fit(_spec(setup["train"]), setup["fwd"], out, cfg=_cfg())
+    real = clf_mod.predict_logits
+
+    def crash(*a, **k):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(clf_mod, "predict_logits", crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        fit(_spec(setup["train"]), setup["fwd"], out, cfg=_cfg(lr=1e-3), overwrite=True)
+    assert json.loads((out / "model" / "config.json").read_text())["config"]["lr"] == 2e-2
+    monkeypatch.setattr(clf_mod, "predict_logits", real)
+    res = fit(_spec(setup["train"]), setup["fwd"], out, cfg=_cfg(lr=1e-3))
+    assert res["lm"]["reused"] and not res["classifier"]["reused"]
+    assert json.loads((out / "model" / "config.json").read_text())["config"]["lr"] == 1e-3
+
+
+def test_dry_run_samples_every_class_of_a_class_sorted_file(capsys, setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("ULMFIT_CACHE", str(tmp_path / "cache"))
+    by_class: dict = {}
+    for r in _rows(1500):
+        by_class.setdefault(r["label"], []).append(r)
+    big, *small = sorted(by_class, key=lambda c: -len(by_class[c]))[:3]
+    rows = by_class[big][:80] + by_class[small[0]][:15] + by_class[small[1]][:15]  # sorted
+    train = _write(tmp_path / "sorted.csv", rows)
+    out = tmp_path / "run"
+    argv = ["fit", "--train", train, "--out", out, "--pretrained", setup["fwd"], "--dry-run"]
+    code, stdout, err = run(capsys, *argv, "--json", "--workers", 1, "--device", "cpu")
+    assert code == 0, err
+    res = json.loads(stdout)
+    assert res["dry_run"] is True
+    assert sorted(res["classifier"]["classes"]) == sorted([big, *small])
+
+
+def test_dry_run_sample_spreads_over_the_classes_in_input_order():
+    raw = ["a"] * 100 + ["b"] * 5 + ["c"] * 30
+    keep = clf_mod.dry_run_sample(raw, "single", 20)
+    assert keep == sorted(keep) and len(keep) == 20 == len(set(keep))
+    got = [raw[i] for i in keep]
+    assert got.count("b") == 5 and got.count("a") >= 7 and got.count("c") >= 7
+    assert clf_mod.dry_run_sample(raw, "single", 20) == keep  # the same rows every time
+    assert clf_mod.dry_run_sample(raw[:10], "single", 20) == list(range(10))
+    rand = clf_mod.dry_run_sample([0.5] * 100, "float", 16)
+    assert rand == sorted(rand) and len(set(rand)) == 16 and rand != list(range(16))
+
+
+def test_dry_run_dir_is_beside_the_run(tmp_path, monkeypatch):
+    assert dry_run_dir(tmp_path / "runs" / "trec") == tmp_path / "runs" / "trec.dry-run"
+    monkeypatch.chdir(tmp_path / ".")
+    assert dry_run_dir(".") == tmp_path.with_name(tmp_path.name + ".dry-run")
+    with pytest.raises(UserError, match="needs a run folder"):
+        dry_run_dir("/")

@@ -205,8 +205,8 @@ def test_predict_cli_file_to_csv_in_input_order(models, tmp_path, capsys):
     for g, w in zip(got, want):
         for c, q in w["probabilities"].items():
             assert abs(float(g[f"p_{c}"]) - q) < 1e-5
-    # --json with --out: a summary
-    code, stdout, err = run(capsys, *argv, "--json")
+    # --json with --out: a summary (--overwrite: the file is there now)
+    code, stdout, err = run(capsys, *argv, "--json", "--overwrite")
     assert code == 0 and json.loads(stdout)["n"] == 20, err
 
 
@@ -241,3 +241,81 @@ def test_tokenizer_is_renewed_past_its_cap(models, monkeypatch):
     monkeypatch.setattr(predict_mod, "MAX_TOKENIZER_TOKENS", 10)
     assert np.allclose(p.scores(models["texts"]), want, atol=1e-6)
     assert p._tok is not first  # a long-running server's memory stays bounded
+
+
+def _one_line_error(code: int, out: str, err: str, needle: str) -> None:
+    lines = err.strip("\n").splitlines()
+    assert code == 2 and out == "" and len(lines) == 1, err
+    assert lines[0].startswith("ulmfit: error: ") and needle in lines[0], err
+
+
+@pytest.mark.parametrize("command", ["predict", "explain"])
+def test_bad_out_paths_are_one_line_errors(models, tmp_path, capsys, command):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "plain").write_text("x")
+    argv = [command, models["single"], "--text", "Who wrote Hamlet ?", "--device", "cpu"]
+    model_file = models["single"] / "model" / "config.json"
+    before = model_file.read_bytes()
+    for target, needle in [
+        (tmp_path / "folder", "is a folder"),
+        ("/", "is a folder"),
+        (tmp_path / "no-such" / "o.csv", "no such folder"),
+        (tmp_path / "plain" / "o.csv", "is not a folder"),
+        (model_file, "would overwrite the input"),  # the model, even with --overwrite
+    ]:
+        code, out, err = run(capsys, *argv, "--out", target, "--overwrite")
+        _one_line_error(code, out, err, needle)
+    assert model_file.read_bytes() == before
+    # a write that fails (a read-only folder, a full disk): one line, nothing left behind
+    import ulmfit.atomic
+
+    def refused(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    target = tmp_path / "o.out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ulmfit.atomic, "open", refused, raising=False)
+        code, out, err = run(capsys, *argv, "--out", target)
+    _one_line_error(code, out, err, "Permission denied")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "plain"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_predict_into_a_read_only_folder(models, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        argv = ["predict", models["single"], "--text", "Who ?", "--out", ro / "p.csv"]
+        _one_line_error(*run(capsys, *argv), "permission denied")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_predict_out_never_replaces_its_input_or_an_existing_file(models, tmp_path, capsys):
+    src = _write(tmp_path / "in.csv", [{"text": t} for t in models["texts"][:3]])
+    before = open(src, "rb").read()
+    argv = ["predict", models["single"], src, "--device", "cpu", "--out"]
+    code, out, err = run(capsys, *argv, src, "--overwrite")
+    _one_line_error(code, out, err, "would overwrite the input")
+    assert open(src, "rb").read() == before
+    # an existing file is kept without --overwrite; a user's F.tmp survives the write
+    target = tmp_path / "p.csv"
+    target.write_text("mine")
+    (tmp_path / "p.csv.tmp").write_text("keep")
+    code, out, err = run(capsys, *argv, target)
+    _one_line_error(code, out, err, "--overwrite")
+    assert target.read_text() == "mine"
+    code, out, err = run(capsys, *argv, target, "--overwrite")
+    assert code == 0, err
+    assert len(list(csv.DictReader(open(target, newline="", encoding="utf-8")))) == 3
+    assert (tmp_path / "p.csv.tmp").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "p.csv", "p.csv.tmp"]
+    # explain too
+    page = tmp_path / "e.html"
+    page.write_text("mine")
+    ex = ["explain", models["single"], "--text", "Who ?", "--device", "cpu", "--out", page]
+    _one_line_error(*run(capsys, *ex), "--overwrite")
+    assert page.read_text() == "mine"
+    code, out, err = run(capsys, *ex, "--overwrite")
+    assert code == 0 and "<html" in page.read_text().lower(), err

@@ -88,7 +88,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from ulmfit.prepare import write_tokens_jsonl
 
-    result = write_tokens_jsonl(_specs(args), _config(args), args.out)
+    result = write_tokens_jsonl(_specs(args), _config(args), args.out, overwrite=args.overwrite)
     if args.json:
         print(json.dumps(result))
     else:
@@ -597,10 +597,18 @@ def _print_classifier_metrics(head: str, m: dict) -> None:
 
 
 def _fit(args: argparse.Namespace, fit, train, unlabelled, cfg, lm_cfg) -> dict:
+    """A dry run goes to a scratch run folder of its own (RUN.dry-run, replaced as needed):
+    a smoke test must never touch the run it is the rehearsal of."""
+    from ulmfit.tasks.run import check_inputs_outside, dry_run_dir
+
+    models = {"--pretrained": args.pretrained, "--vocab": args.vocab}
+    models.update({"--pretrained-bwd": args.pretrained_bwd, "--vocab-bwd": args.vocab_bwd})
+    check_inputs_outside(args.out, models)
+    out = dry_run_dir(args.out) if args.dry_run else args.out
     return fit(
         train,
         args.pretrained,
-        args.out,
+        out,
         vocab=args.vocab,
         valid_spec=_label_spec(args, args.valid, ["label"]) if args.valid else None,
         test_spec=_label_spec(args, args.test, ["label"]) if args.test else None,
@@ -611,6 +619,7 @@ def _fit(args: argparse.Namespace, fit, train, unlabelled, cfg, lm_cfg) -> dict:
         pretrained_bwd=args.pretrained_bwd,
         vocab_bwd=args.vocab_bwd,
         baseline=args.baseline,
+        overwrite=args.overwrite or args.dry_run,
     )
 
 
@@ -659,9 +668,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     try:
         result = _fit(args, fit, train, unlabelled, cfg, lm_config_for(cfg, **lm_given))
     except KeyboardInterrupt:
+        from ulmfit.tasks.run import dry_run_dir
+
+        where = dry_run_dir(args.out) if args.dry_run else args.out
         print(
             f"ulmfit: interrupted; repeat the same command to continue: finished stages in "
-            f"{args.out} are reused and an interrupted one resumes from its last epoch",
+            f"{where} are reused and an interrupted one resumes from its last epoch",
             file=sys.stderr,
         )
         return 130
@@ -669,6 +681,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     kind = result["classifier"]["label_kind"]
+    if result["dry_run"]:
+        print(
+            f"dry run into {result['out']} ({args.out} untouched): a few rows and steps per "
+            "stage; its scores are not comparable with a real run's or the baselines'"
+        )
     for key in ("lm", "lm_bwd"):
         if key in result:
             print(f"language model: {result[key]['out']}")
@@ -756,8 +773,9 @@ def _add_classifier_commands(sub) -> None:
         "vocab.json + config.json) with metrics in RUN/report, then evaluate on --test if "
         "given. --direction bwd / both: the same with a backward LM (RUN/lm_bwd), both "
         "averaging the two classifiers. Each stage is cached: re-running into the same RUN "
-        "redoes only the stages whose inputs or settings changed, and continues an "
-        "interrupted one from its last epoch.",
+        "reuses the finished stages and continues an interrupted one from its last epoch; a "
+        "re-run that would retrain a finished stage (other inputs or settings) is refused "
+        "unless --overwrite.",
     )
     p.add_argument("--train", required=True, metavar="FILE", help="labelled training file")
     p.add_argument("--valid", metavar="FILE", help="labelled validation file")
@@ -828,7 +846,16 @@ def _add_classifier_commands(sub) -> None:
     )
     p.add_argument("--cache-dir", type=Path, help="cache folder")
     p.add_argument(
-        "--dry-run", action="store_true", help="smoke test: a few rows, a few steps per stage"
+        "--dry-run",
+        action="store_true",
+        help="smoke test: a few rows of every class, a few steps per stage, written to "
+        "RUN.dry-run (RUN is not touched); its scores are not comparable",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the finished stages of RUN whose inputs or settings changed (without "
+        "it such a run is refused; an unchanged re-run reuses them either way)",
     )
     _add_classifier_input_options(p)
     _add_compile_option(p)
@@ -903,17 +930,37 @@ def _prediction_cells(predictor, pred: dict) -> list:
     return head + [f"{pred['probabilities'][c]:.6f}" for c in predictor.classes]
 
 
-def _write_predictions_csv(path: Path, predictor, texts, rows, preds) -> None:
+def _write_predictions_csv(args: argparse.Namespace, predictor, texts, rows, preds) -> None:
     import csv
-    import os
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    from ulmfit.atomic import write_output
+
+    def write(f) -> None:
         w = csv.writer(f)
         w.writerow(["row", "text", *_prediction_columns(predictor)])
         for row, text, pred in zip(rows, texts, preds):
             w.writerow([row, text, *_prediction_cells(predictor, pred)])
-    os.replace(tmp, path)
+
+    write_output(args.out, write, inputs=_predict_inputs(args), overwrite=args.overwrite)
+
+
+def _predict_inputs(args: argparse.Namespace) -> list:
+    """What predict / explain read, so --out can never replace it: the input file and the
+    classifier's model directory (a file written beside it in the run folder is fine)."""
+    from ulmfit.tasks.classifier import model_dir_of
+
+    inputs = [model_dir_of(args.model)]
+    if getattr(args, "input", None) is not None:
+        inputs.append(_input_path(args.input))
+    return inputs
+
+
+def _check_out_file(args: argparse.Namespace) -> None:
+    """A bad --out path is refused before the model is loaded and the texts predicted."""
+    from ulmfit.atomic import check_output
+
+    if args.out is not None:
+        check_output(args.out, inputs=_predict_inputs(args), overwrite=args.overwrite)
 
 
 def _short(pred: dict) -> str:
@@ -931,6 +978,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.input is not None and not Path(args.input).exists():
         _input_path(args.input)  # a clear error before the model is loaded
+    _check_out_file(args)
     predictor = Predictor.load(args.model, device=args.device, bs=args.bs)
     texts, rows, skipped = _texts_to_predict(args, predictor.config)
     preds = predictor.predict(texts)
@@ -938,7 +986,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         shown = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
         print(f"ulmfit: {len(skipped)} row(s) without text skipped: {shown}", file=sys.stderr)
     if args.out is not None:
-        _write_predictions_csv(args.out, predictor, texts, rows, preds)
+        _write_predictions_csv(args, predictor, texts, rows, preds)
     if args.json:
         if args.out is not None:
             print(json.dumps({"out": str(args.out), "n": len(preds), "skipped_empty": skipped}))
@@ -956,13 +1004,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from ulmfit.atomic import write_output
     from ulmfit.explain import render_html
     from ulmfit.predict import Predictor
 
+    _check_out_file(args)
     predictor = Predictor.load(args.model, device=args.device)
     exp = predictor.explain(args.text, args.target)
     if args.out is not None:
-        args.out.write_text(render_html(exp, predictor.info()), encoding="utf-8")
+        page = render_html(exp, predictor.info())
+        write_output(
+            args.out,
+            lambda f: f.write(page),
+            inputs=_predict_inputs(args),
+            overwrite=args.overwrite,
+        )
     if args.json:
         print(json.dumps(exp if args.out is None else {**exp, "out": str(args.out)}))
         return 0
@@ -1015,6 +1071,9 @@ def _add_use_commands(sub) -> None:
     p.add_argument("--encoding", default="utf-8", help="text encoding of INPUT_FILE")
     p.add_argument("--out", type=Path, metavar="FILE.csv", help="write the predictions as CSV")
     p.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (never an input)"
+    )
+    p.add_argument(
         "--json",
         action="store_true",
         help="print one JSON object: the predictions (with --out: a summary)",
@@ -1038,6 +1097,9 @@ def _add_use_commands(sub) -> None:
     p.add_argument("model", type=Path, metavar="MODEL", help=model_help)
     p.add_argument("--text", required=True, metavar="TEXT", help="the text to explain")
     p.add_argument("--out", type=Path, metavar="FILE.html", help="write the explanation page")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (never an input)"
+    )
     p.add_argument(
         "--target",
         metavar="CLASS",
@@ -1132,6 +1194,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs=1, metavar="INPUT")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.jsonl")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (never an input)"
+    )
     _add_input_options(p, labels=False)
     p.set_defaults(func=cmd_tokenize)
     _add_lm_commands(sub)

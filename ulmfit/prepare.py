@@ -361,10 +361,18 @@ def _current_paths(meta: dict, specs: list[SourceSpec]) -> None:
         info["path"] = str(spec.path)
 
 
-def write_tokens_jsonl(specs: list[SourceSpec], cfg: PrepareConfig, out: Path) -> dict:
-    """One JSON list of tokens per input row, in input order (rows with no text: ``["xxbos"]``)."""
+def write_tokens_jsonl(
+    specs: list[SourceSpec], cfg: PrepareConfig, out: Path, overwrite: bool = False
+) -> dict:
+    """One JSON list of tokens per input row, in input order (rows with no text: ``["xxbos"]``).
+    ``out`` is checked before tokenizing (never an input, an existing file only with
+    ``overwrite``) and written atomically."""
+    from ulmfit.atomic import check_output, write_output
+
     if len(specs) != 1:
         raise UserError("tokenize takes one input")
+    inputs = [s.path for s in specs]
+    out = check_output(out, inputs=inputs, overwrite=overwrite)
     t0 = time.perf_counter()
     entry, built = tokenize_stage(specs, cfg)
     meta = json.loads((entry / "manifest.json").read_text())["meta"]
@@ -376,20 +384,16 @@ def write_tokens_jsonl(specs: list[SourceSpec], cfg: PrepareConfig, out: Path) -
     doc_of_row = np.full(n_rows, -1, dtype=np.int64)
     doc_of_row[rows] = np.arange(len(rows))
     empty = json.dumps(["xxbos"])
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for d in doc_of_row:
-                if d < 0:
-                    f.write(empty + "\n")
-                else:
-                    toks = [strings[i] for i in ids[offsets[d] : offsets[d + 1]]]
-                    f.write(json.dumps(toks, ensure_ascii=False) + "\n")
-        tmp.replace(out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {out}: {e.strerror}") from None
+
+    def write(f) -> None:
+        for d in doc_of_row:
+            if d < 0:
+                f.write(empty + "\n")
+            else:
+                toks = [strings[i] for i in ids[offsets[d] : offsets[d + 1]]]
+                f.write(json.dumps(toks, ensure_ascii=False) + "\n")
+
+    write_output(out, write, inputs=inputs, overwrite=overwrite)
     return {
         "rows": int(n_rows),
         "docs": meta["docs"],

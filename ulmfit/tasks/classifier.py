@@ -178,9 +178,9 @@ def read_labels(
 ):
     """``(texts, LabelSet, rows, dropped)`` of ``spec``, checked: a label outside ``classes``
     is a UserError naming it and its row. ``kind`` forces the kind of target (default:
-    inferred). ``limit`` keeps the first rows only (dry runs: then rows of classes outside
-    ``classes`` are dropped rather than refused, as the head of a file rarely has every
-    class)."""
+    inferred). ``limit`` keeps a sample of ``limit`` rows (dry runs, see
+    :func:`dry_run_sample`; then rows of classes outside ``classes`` are dropped rather than
+    refused, as a small sample rarely has every class)."""
     from ulmfit.baselines import _read
     from ulmfit.data.labels import encode_labels, infer_label_kind
 
@@ -192,7 +192,8 @@ def read_labels(
         classes = None
     dropped = 0
     if limit is not None:
-        texts, raw, rows = texts[:limit], raw[:limit], rows[:limit]
+        keep = dry_run_sample(raw, kind, limit)
+        texts, raw, rows = [texts[i] for i in keep], [raw[i] for i in keep], [rows[i] for i in keep]
         several = len(spec.label_cols or []) > 1
         if classes is not None and not several:
             known = set(classes)
@@ -207,6 +208,32 @@ def read_labels(
         raise UserError(f"{spec.path}: no rows with text")
     labels = encode_labels(raw, kind, rows, str(spec.path), _label_col(spec), classes=classes)
     return texts, labels, rows, dropped
+
+
+def dry_run_sample(raw: list, kind: str, limit: int, seed: int = 0) -> list[int]:
+    """The rows a dry run reads, in input order. Single-label: up to ``limit`` rows spread
+    over every class (one row of each class in turn, each class's rows in a seeded random
+    order), because files are often sorted by class (IMDb, any folder per class) and their
+    first rows would all have one class. Multi-label and numeric targets: a seeded random
+    sample. Either way the same rows every time."""
+    from ulmfit.data.labels import _class_name
+
+    n = len(raw)
+    if n <= limit:
+        return list(range(n))
+    rng = np.random.default_rng(seed)
+    if kind != "single" or any(isinstance(v, (list, tuple)) for v in raw):
+        return sorted(rng.choice(n, size=limit, replace=False).tolist())
+    groups: dict[str, list[int]] = {}
+    for i, v in enumerate(raw):
+        groups.setdefault(_class_name(v) if v is not None else "", []).append(i)
+    queues = [rng.permutation(g).tolist() for g in groups.values()]
+    picked: list[int] = []
+    while len(picked) < limit:
+        for q in queues:
+            if q and len(picked) < limit:
+                picked.append(q.pop())
+    return sorted(picked)
 
 
 def check_training_labels(labels, path: str) -> None:

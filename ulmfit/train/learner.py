@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ulmfit.atomic import atomic_write as _atomic_write  # the shared one
 from ulmfit.errors import UserError
 from ulmfit.train import distributed, optim
 from ulmfit.train.schedules import Schedule, ScheduleName
@@ -241,21 +242,6 @@ def amp_plan(device_type: str, mode: AmpMode, bf16_supported: bool | None = None
 # --------------------------------------------------------------------------------------
 # Files: jsonl logs, atomic writes, the loss plot
 # --------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through a temp file in the same directory, fsync, then ``os.replace``: a reader
-    (or a resume after SIGKILL or power loss) sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def read_jsonl(path: Path) -> list[dict]:
