@@ -89,8 +89,10 @@ def test_killed_worker_ends_prepare_with_one_line(tmp_path):
 
 def test_ctrl_c_prints_one_line(tmp_path):
     """Ctrl-C reaches the whole process group: exit 130 with exactly one line on stderr (no
-    KeyboardInterrupt traceback from each worker), and the workers are gone."""
-    proc = start_prepare(corpus(tmp_path), tmp_path / "cache")
+    KeyboardInterrupt traceback from each worker), and the workers are gone. Real reviews, so
+    that the workers are deep in spaCy when the signal comes."""
+    path = need(DATA / "imdb" / "train.csv.gz")
+    proc = start_prepare(path, tmp_path / "cache", "--label-col", "label")
     workers = busy_workers(proc)
     os.killpg(proc.pid, signal.SIGINT)
     err, seconds = finish(proc)
