@@ -179,3 +179,17 @@ def test_readme_snippet_runs_without_a_main_guard(tmp_path, how):
     assert len(manifests) == 1
     meta = json.loads(manifests[0].read_text())["meta"]
     assert meta["workers"] == 2 and meta["docs"] == 5452
+
+
+def test_error_in_a_worker_is_raised_in_the_parent():
+    """A chunk a worker cannot tokenize: its exception comes back in that chunk's place (the
+    worker does not just end, which would read as a death), the other workers still answer."""
+    from ulmfit.text.parallel import _Workers
+
+    with pytest.raises(AttributeError, match="NoneType"), _Workers(2) as pool:
+        pool.send(1, [None])  # not a text
+        pool.send(0, ["fine"])
+        assert pool.results[1].poll(LIMIT)  # worker 1 has failed and sent its error
+        assert pool.recv(0)[2].tolist() == [2]  # xxbos fine
+        pool.recv(1)
+    assert all(p.exitcode is not None for p in pool.procs)

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import TypeVar
 
 import numpy as np
@@ -104,6 +104,8 @@ def _serve(tasks: Connection, results: Connection, parent: int) -> None:
             outbox.put(_encode_chunk(texts))
     except Exception as e:  # the parent raises it in place of the result
         outbox.put(e)
+        while inbox.get() is not None:  # and stays until told: a worker that ends is dead
+            pass
     outbox.put(None)
     sender.join()
 
@@ -148,6 +150,12 @@ class _Workers:
             raise self._died(w) from None
 
     def recv(self, w: int) -> tuple[int, np.ndarray, np.ndarray, list[str]]:
+        """Worker ``w``'s next result; raises as soon as any worker has died (a worker only
+        ends early after its error is read, so an ended one is a dead one)."""
+        sentinels = {proc.sentinel: k for k, proc in enumerate(self.procs)}
+        ready = wait([self.results[w], *sentinels])
+        if self.results[w] not in ready:
+            raise self._died(sentinels[ready[0]])
         try:
             item = self.results[w].recv()
         except (EOFError, OSError):
