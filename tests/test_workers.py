@@ -193,3 +193,42 @@ def test_error_in_a_worker_is_raised_in_the_parent():
         assert pool.recv(0)[2].tolist() == [2]  # xxbos fine
         pool.recv(1)
     assert all(p.exitcode is not None for p in pool.procs)
+
+
+UNGUARDED = """
+import sys
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing, operator
+with open(sys.argv[1] if len(sys.argv) > 1 else {log!r}, "a") as f:
+    f.write("ran\\n")
+from ulmfit import processes
+ctx = {ctx}
+with ProcessPoolExecutor(2, mp_context=ctx) as pool:
+    assert list(pool.map(operator.neg, range(8))) == [-i for i in range(8)]
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "stdin"])
+@pytest.mark.parametrize("ctx", ["processes.context()", "multiprocessing.get_context('spawn')"])
+def test_worker_context_does_not_rerun_the_callers_script(tmp_path, how, ctx):
+    """ulmfit.processes.context() is general: any pool on it works from an unguarded script or
+    standard input, whose body runs once. (Plain spawn, the control: the body runs again in
+    each worker from a script, and workers cannot start at all from standard input.)"""
+    log = tmp_path / "runs.log"
+    code = UNGUARDED.format(log=str(log), ctx=ctx)
+    if how == "script":
+        (tmp_path / "s.py").write_text(code)
+        cmd, stdin = [sys.executable, str(tmp_path / "s.py")], None
+    else:
+        cmd, stdin = [sys.executable, "-"], code
+    try:
+        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=LIMIT)
+    except subprocess.TimeoutExpired:
+        done = None
+    if ctx.startswith("processes"):
+        assert done is not None and done.returncode == 0, done and done.stderr[-2000:]
+        assert log.read_text() == "ran\n"
+    elif how == "script":
+        assert log.read_text().count("ran") > 1
+    else:
+        assert done is None or done.returncode != 0 or "Error" in done.stderr

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ def _send(results: Connection, outbox: queue.SimpleQueue) -> None:
             results.send(item)
         except OSError:  # the parent is gone
             os._exit(1)
+        except Exception:  # an exception that cannot be pickled: its text instead
+            results.send(RuntimeError("".join(traceback.format_exception(item))))
 
 
 def _serve(tasks: Connection, results: Connection, parent: int) -> None:
@@ -103,6 +106,7 @@ def _serve(tasks: Connection, results: Connection, parent: int) -> None:
         while (texts := inbox.get()) is not None:
             outbox.put(_encode_chunk(texts))
     except Exception as e:  # the parent raises it in place of the result
+        e.add_note(f"(in tokenizer worker {os.getpid()}: {traceback.format_exc()})")
         outbox.put(e)
         while inbox.get() is not None:  # and stays until told: a worker that ends is dead
             pass
