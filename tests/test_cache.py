@@ -212,6 +212,52 @@ def test_two_processes_build_once(tmp_path):
     assert entry_folders(tmp_path / "c") == [entry]
 
 
+def _orphan(root: Path, key: str, kind: str = "tmp") -> Path:
+    """A folder as a builder killed by SIGKILL leaves it (pid 999999999: no such process)."""
+    name = f".tmp-{key}-999999999-0badf00d" if kind == "tmp" else f".trash-{key}-0badf00d"
+    folder = root / STAGE / name
+    folder.mkdir(parents=True)
+    (folder / "ids.i32").write_bytes(b"\0" * 4096)
+    (root / STAGE / f".{key}.lock").touch()
+    return folder
+
+
+def test_next_build_removes_what_killed_builders_left(tmp_path):
+    """``kill -9`` runs no cleanup: the next build removes the orphaned temporary and trash
+    folders, of its own key and of other keys whose lock is free."""
+    cache = Cache(tmp_path)
+    other = key_of({"what": "other"})
+    left = [_orphan(tmp_path, KEY), _orphan(tmp_path, other), _orphan(tmp_path, other, "trash")]
+    entry, built = cache.build(STAGE, KEY, writer())
+    assert built and not any(p.exists() for p in left)
+    assert entry_folders(tmp_path) == [entry]
+
+
+def _hold_lock(root: str, key: str, held, release) -> None:
+    with Cache(root)._lock(STAGE, key):
+        held.set()
+        release.wait(60)
+
+
+def test_build_keeps_the_temporary_folder_of_a_live_builder(tmp_path):
+    """A folder whose key's lock another process holds is that process's work in progress."""
+    ctx = mp.get_context("spawn")
+    busy = key_of({"what": "busy"})
+    live = _orphan(tmp_path, busy)
+    held, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold_lock, args=(str(tmp_path), busy, held, release))
+    proc.start()
+    try:
+        assert held.wait(60)
+        Cache(tmp_path).build(STAGE, KEY, writer())
+        assert live.exists() and (live / "ids.i32").stat().st_size == 4096
+    finally:
+        release.set()
+        proc.join(60)
+    Cache(tmp_path).build(STAGE, key_of({"what": "third"}), writer())
+    assert not live.exists()  # its owner is gone now
+
+
 def test_key_of_is_stable():
     settings = {"stage": "tokens", "version": 1, "inputs": [["abc", {"fmt": "csv"}]]}
     # a fixed value: if this changes, every existing cache entry silently becomes unreachable

@@ -434,6 +434,29 @@ def test_missing_column(tmp_path):
         list(iter_source(SourceSpec(pq)))
 
 
+def test_header_of_one_huge_line_gives_a_short_message(tmp_path):
+    """A 50 MB file with no line break is one 50 MB "column name": the message shows an
+    excerpt of it, not the whole of it; a header of 200,000 columns lists the first few."""
+    path = tmp_path / "one_line.csv"
+    path.write_text("x" * 50_000_000)
+    with pytest.raises(UserError) as e:
+        list(iter_source(SourceSpec(path)))
+    message = one_line_error(e)
+    assert len(message) < 300, message[:300]
+    assert message.startswith(f"{path}: no column 'text' (columns: xxxxxxxxxx")
+    assert "50,000,000 characters" in message
+    wide = write(tmp_path / "wide.csv", ",".join(f"c{i}" for i in range(200_000)) + "\nx\n")
+    with pytest.raises(UserError) as e:
+        list(iter_source(SourceSpec(wide)))
+    message = one_line_error(e)
+    assert len(message) < 400, message[:400]
+    assert "(columns: c0, c1, c2," in message and "(199,980 more)" in message
+    odd = write(tmp_path / "odd.csv", '"a\nb",label\nx,y\n')
+    with pytest.raises(UserError) as e:
+        list(iter_source(SourceSpec(odd)))
+    assert "(columns: a\\nb, label)" in one_line_error(e)
+
+
 def _bad_utf8_csv(n_rows: int, bad_row: int) -> tuple[bytes, int, int]:
     """CSV bytes with one 0xF0 in data row `bad_row` (0-based); also its line and byte offset."""
     out = bytearray(b"label,text\r\n")

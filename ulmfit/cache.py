@@ -91,6 +91,7 @@ class Cache:
             found = self.load(stage, key, verify)  # another process may have built it meanwhile
             if found:
                 return found, False
+            self._sweep(stage, key)
             final = self.path(stage, key)
             tmp = final.parent / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir(parents=True)
@@ -130,19 +131,54 @@ class Cache:
             return
         shutil.rmtree(trash, ignore_errors=True)
 
+    def _sweep(self, stage: str, key: str) -> None:
+        """Remove what killed builders left (``.tmp-*`` and ``.trash-*`` folders; ``kill -9``
+        runs no cleanup). Such a folder only exists while its builder holds its key's lock, so
+        it is an orphan if that lock is free: ours is held by us, another key's is tried
+        without waiting and skipped when busy. No process ids are compared (they are reused,
+        and mean nothing for a cache shared between machines)."""
+        folder = self.root / stage
+        for leftover in folder.glob(".t*-*"):
+            owner = _owner_key(leftover.name)
+            if owner is None or not leftover.is_dir():
+                continue
+            if owner == key:
+                shutil.rmtree(leftover, ignore_errors=True)
+                continue
+            with self._lock(stage, owner, wait=False) as free:
+                if free:
+                    shutil.rmtree(leftover, ignore_errors=True)
+
     @contextmanager
-    def _lock(self, stage: str, key: str) -> Iterator[None]:
+    def _lock(self, stage: str, key: str, wait: bool = True) -> Iterator[bool]:
+        """Hold the key's lock; with ``wait=False`` give up at once if it is busy (yields
+        whether the lock is held)."""
         folder = self.root / stage
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create cache folder {folder}: {e.strerror}") from None
-        with open(folder / f".{key}.lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        with open(folder / f".{key}.lock", "a") as f:
             try:
-                yield
+                fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _owner_key(name: str) -> str | None:
+    """The key of a ``.tmp-{key}-{pid}-{hex}`` or ``.trash-{key}-{hex}`` folder, else None."""
+    if name.startswith(".tmp-"):
+        parts = name[len(".tmp-") :].rsplit("-", 2)
+        return parts[0] if len(parts) == 3 else None
+    if name.startswith(".trash-"):
+        parts = name[len(".trash-") :].rsplit("-", 1)
+        return parts[0] if len(parts) == 2 else None
+    return None
 
 
 def _write_json_synced(path: Path, obj: Any) -> None:

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -230,8 +231,10 @@ def _write_tokens(tmp: Path, specs: list[SourceSpec], cfg: PrepareConfig) -> dic
         open(tmp / "rows.raw", "wb") as rows,
         open(tmp / "sources.raw", "wb") as sources,
         _progress(cfg, specs) as bar,
+        # closed here, not whenever it is collected: an error stops the workers at once
+        closing(encode_chunks(batches(), workers, numberer)) as encoded,
     ):
-        for batch, enc in encode_chunks(batches(), workers, numberer):
+        for batch, enc in encoded:
             out.write(enc.ids.tobytes())
             n_tokens += len(enc.ids)
             n_docs += len(enc.lengths)

@@ -270,8 +270,27 @@ def _check_columns(spec: SourceSpec, present: Iterable[str], where: str = "") ->
     for col in _needed_cols(spec):
         if col not in present:
             raise UserError(
-                f"{spec.path}: no column {col!r}{where} (columns: {', '.join(present) or 'none'})"
+                f"{spec.path}: no column {_excerpt(col)!r}{where} (columns: {_names(present)})"
             )
+
+
+_SHOWN_NAMES = 20  # column names listed in an error message
+_SHOWN_CHARS = 40  # characters shown of each
+
+
+def _excerpt(text: str, limit: int = _SHOWN_CHARS) -> str:
+    """``text`` on one line and cut to about ``limit`` characters: a file with no line break
+    (or the wrong separator) makes one "column name" of the whole file."""
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _names(names: list[str]) -> str:
+    """The columns of a file for an error message: the first few, each cut short."""
+    shown = ", ".join(_excerpt(n) for n in names[:_SHOWN_NAMES])
+    more = len(names) - _SHOWN_NAMES
+    return (shown + (f", ... ({more:,} more)" if more > 0 else "")) or "none"
 
 
 def _is_missing(value: Any) -> bool:
