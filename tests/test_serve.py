@@ -89,6 +89,15 @@ def test_limits(client):
     assert r.status_code == 200 and len(r.json()["predictions"]) == 1
 
 
+def test_explain_has_its_own_text_limit(predictor):
+    limits = replace(SMALL, max_explain_chars=50)
+    with TestClient(create_app(predictor, limits), base_url=LOCAL) as c:
+        body = _is_error(c.post("/explain", json={"text": "b " * 26}), 413, "text_too_long")
+        assert body["limit"] == 50
+        assert c.post("/explain", json={"text": "b " * 25}).status_code == 200
+        assert c.post("/predict", json={"texts": ["b " * 26]}).status_code == 200
+
+
 def test_malformed_requests(client):
     for raw in (b"{not json", b"", b'{"texts": ["a"]', b"\xff\xfe"):
         _is_error(client.post("/predict", content=raw, headers=JSON), 422, "malformed_json")
@@ -371,6 +380,23 @@ def test_worker_shares_the_model_between_a_large_and_a_short_request():
         for _ in range(20):
             model.permits.release()
         worker.close()
+
+
+def test_closing_the_worker_fails_what_still_waits():
+    model = _Gated()
+    worker = ModelWorker(model, max_batch_texts=256, max_queue=10, max_batch_chars=10)
+    big = worker.predict([f"big{k:02d}" for k in range(20)])
+    waiting = worker.predict(["w"])
+    while not big.running():  # the worker has taken big's first slice
+        time.sleep(0.01)
+    closing = threading.Thread(target=worker.close)
+    closing.start()
+    for f in (big, waiting):  # failed by close while big's first slice is being predicted
+        with pytest.raises(Busy, match="shutting down"):
+            f.result(60)
+    model.permits.release()  # let the call in progress end
+    closing.join(60)
+    assert not closing.is_alive() and len(model.calls) == 1  # no further turns were taken
 
 
 def test_short_request_is_answered_while_a_large_one_runs():

@@ -781,6 +781,7 @@ def _add_classifier_commands(sub) -> None:
 SERVE_DEFAULTS = {
     "max_texts": 64,
     "max_chars": 20_000,
+    "max_explain_chars": 10_000,
     "max_body_bytes": 2_000_000,
     "read_timeout_s": 30,
 }
@@ -988,6 +989,11 @@ def _add_use_commands(sub) -> None:
     )
     p.add_argument(
         "--max-chars", type=int, help=f"characters per text (default {d['max_chars']:,})"
+    )
+    p.add_argument(
+        "--max-explain-chars",
+        type=int,
+        help=f"characters per /explain text (default {d['max_explain_chars']:,})",
     )
     p.add_argument(
         "--max-body-bytes",

@@ -12,12 +12,17 @@ Endpoints (every error is a JSON body ``{"error": message, "code": ..., ...}``):
 
 Limits (:class:`ServeLimits`): a body over ``max_body_bytes`` is refused with 413 before it is
 parsed (its Content-Length, and the bytes actually received when there is none, are counted);
-more than ``max_texts`` texts or a text over ``max_chars`` characters: 413 naming the limit;
-malformed JSON or a body of the wrong shape: 422. A Predictor is not thread-safe, so one
-worker thread makes every model call: requests queue for it (503 past ``max_queue`` waiting
-requests) and predict requests waiting together are merged into one call of at most
-``max_batch_texts`` texts (micro-batching: under load, many small requests become few
-length-sorted batches).
+more than ``max_texts`` texts, a text over ``max_chars`` characters (``max_explain_chars`` for
+/explain): 413 naming the limit; malformed JSON (nesting too deep included), a body of the
+wrong shape or a text with a lone surrogate: 422; a body that is not ``application/json``:
+415; a Host header not in the allowed hosts: 400. A client has ``read_timeout_s`` seconds to
+send a request's head, and as long again for its body (408), so slow clients cannot hold
+connections. A Predictor is not thread-safe, so one worker thread makes every model call
+(:class:`ModelWorker`): requests queue for it (503 past ``max_queue`` waiting requests) and
+take turns; each call gathers the next texts of the waiting requests, up to
+``max_batch_texts`` texts and ``max_batch_chars`` characters (micro-batching: under load, many
+small requests become few length-sorted batches, and a large request is cut into slices that
+other requests join instead of holding the model for its whole length).
 """
 
 # no "from __future__ import annotations": FastAPI reads the handlers' annotations (Request)
@@ -42,11 +47,16 @@ class ServeLimits:
 
     max_texts: int = 64  # texts in one /predict request
     max_chars: int = 20_000  # characters in one text (about 4,000 words)
+    # characters of an /explain text (and at most max_chars): an explain is one model call,
+    # which cannot be sliced; one of 20,000 characters costs about a turn (below)
+    max_explain_chars: int = 20_000
     max_body_bytes: int = 2_000_000  # request body, before it is parsed
     max_batch_texts: int = 256  # texts one model call gathers from waiting requests
-    # characters one model call gathers (but at least one text): the turn of a request, the
-    # longest a short request waits for each request ahead of it
-    max_batch_chars: int = 20_000
+    # characters one model call gathers (but at least one text): a turn, the longest a short
+    # request waits for each request ahead of it. 8 texts of max_chars: on a CPU a call of 8
+    # long texts costs little more than one of 1 (LSTM steps are sequential), so slicing
+    # finer would cost a long request most of its throughput
+    max_batch_chars: int = 160_000
     max_queue: int = 1_000  # requests waiting for the model before 503
     read_timeout_s: int = 30  # to receive a request's head, then again its body
 
@@ -84,7 +94,7 @@ class ModelWorker:
         predictor,
         max_batch_texts: int = 256,
         max_queue: int = 1_000,
-        max_batch_chars: int = 20_000,
+        max_batch_chars: int = 160_000,
     ) -> None:
         self.predictor = predictor
         self.max_batch_texts, self.max_queue = max_batch_texts, max_queue
@@ -117,9 +127,15 @@ class ModelWorker:
         return self._submit(_Job(Future(), call=fn))
 
     def close(self, timeout: float = 10.0) -> None:
+        """Stops the thread after the call it is making; the requests still waiting get
+        Busy instead of the remaining turns of a large request keeping the server up."""
         with self._cv:
             self._closed = True
+            waiting, self._jobs = list(self._jobs), deque()
             self._cv.notify()
+        for job in waiting:
+            if job.future.running() or job.future.set_running_or_notify_cancel():
+                job.future.set_exception(Busy("the server is shutting down"))
         self._thread.join(timeout)
 
     @staticmethod
@@ -189,7 +205,7 @@ class ModelWorker:
             j.results += preds[start : start + k]
             j.done += k
             start += k
-            if j.done == len(j.texts):
+            if j.done == len(j.texts) and not j.future.done():  # done: failed by close
                 j.future.set_result(j.results)
 
     def _fail(self, parts: list[tuple[_Job, int]], error: BaseException) -> None:
@@ -355,17 +371,17 @@ async def _json_body(request) -> tuple[object, object]:
         return None, _error(422, "malformed JSON: nested too deeply", "malformed_json")
 
 
-def _check_text(text: object, limits: ServeLimits, where: str):
+def _check_text(text: object, max_chars: int, where: str):
     """An error response when ``text`` is not a string, is too long or is not Unicode that
     can be written out (JSON's ``"\\ud800"`` escapes decode to a lone surrogate), else None."""
     if not isinstance(text, str):
         return _error(422, f"{where} must be a string, got {type(text).__name__}", "not_a_string")
-    if len(text) > limits.max_chars:
+    if len(text) > max_chars:
         return _error(
             413,
-            f"{where} has {len(text):,} characters; at most {limits.max_chars:,} are allowed",
+            f"{where} has {len(text):,} characters; at most {max_chars:,} are allowed",
             "text_too_long",
-            limit=limits.max_chars,
+            limit=max_chars,
         )
     try:
         text.encode("utf-8")
@@ -428,7 +444,7 @@ def _predict_texts(data: object, limits: ServeLimits):
             limit=limits.max_texts,
         )
     for i, t in enumerate(texts):
-        err = _check_text(t, limits, f"texts[{i}]")
+        err = _check_text(t, limits.max_chars, f"texts[{i}]")
         if err is not None:
             return None, err
     return texts, None
@@ -496,7 +512,8 @@ def create_app(predictor, limits: ServeLimits | None = None, allowed_hosts=LOCAL
             return err
         if not isinstance(data, dict) or "text" not in data:
             return _error(422, 'expected a JSON object {"text": "..."}', "bad_shape")
-        err = _check_text(data["text"], limits, "text")
+        most = min(limits.max_chars, limits.max_explain_chars)
+        err = _check_text(data["text"], most, "text")
         if err is not None:
             return err
         target = data.get("target")
@@ -532,7 +549,8 @@ def default_hosts(host: str) -> list[str]:
 def make_server(app, limits: ServeLimits, log_level: str = "info"):
     """The uvicorn server for ``app``: h11 with a deadline on request heads
     (:mod:`ulmfit.http_timeouts`, ``limits.read_timeout_s``) and uvicorn's keep-alive
-    timeout for idle connections. ``server.run(sockets=[listen(...)])`` serves."""
+    timeout for idle connections; on shutdown, requests still running get 10 s.
+    ``server.run(sockets=[listen(...)])`` serves."""
     from functools import partial
 
     import uvicorn
@@ -540,7 +558,9 @@ def make_server(app, limits: ServeLimits, log_level: str = "info"):
     from ulmfit.http_timeouts import ReadTimeoutH11Protocol
 
     protocol = partial(ReadTimeoutH11Protocol, read_timeout=limits.read_timeout_s)
-    config = uvicorn.Config(app, http=protocol, log_level=log_level, timeout_keep_alive=5)
+    config = uvicorn.Config(
+        app, http=protocol, log_level=log_level, timeout_keep_alive=5, timeout_graceful_shutdown=10
+    )
     return uvicorn.Server(config)
 
 
