@@ -342,11 +342,13 @@ class _Gated:
     def __init__(self):
         self.permits = threading.Semaphore(0)
         self.calls = []
+        self.entered = threading.Event()  # a call has begun
 
     def info(self):
         return {"model": "gated", "label_kind": "single", "classes": ["a"], "members": ["fwd"]}
 
     def predict(self, texts, progress=None):
+        self.entered.set()
         assert self.permits.acquire(timeout=60), "the test gave no permit"
         self.calls.append(list(texts))
         return [{"label": t} for t in texts]
@@ -382,6 +384,25 @@ def test_worker_shares_the_model_between_a_large_and_a_short_request():
         worker.close()
 
 
+def test_short_texts_are_not_held_in_a_call_of_long_ones():
+    model = _Gated()
+    worker = ModelWorker(model, max_batch_texts=256, max_queue=10, max_batch_chars=100_000)
+    try:
+        first = worker.predict(["first"])
+        while not first.running():  # the worker waits for a permit inside that call
+            time.sleep(0.01)
+        short, long = worker.predict(["s", "t"]), worker.predict(["x" * 5_000] * 3)
+        later = worker.predict(["u"])
+        for _ in range(3):
+            model.permits.release()
+        results = (first.result(60), short.result(60), long.result(60), later.result(60))
+        assert [len(p) for p in results] == [1, 2, 3, 1]
+        # the short texts are not padded to the long ones' length: those get the next call
+        assert model.calls[1:] == [["s", "t", "u"], ["x" * 5_000] * 3]
+    finally:
+        worker.close()
+
+
 def test_closing_the_worker_fails_what_still_waits():
     model = _Gated()
     worker = ModelWorker(model, max_batch_texts=256, max_queue=10, max_batch_chars=10)
@@ -391,12 +412,13 @@ def test_closing_the_worker_fails_what_still_waits():
         time.sleep(0.01)
     closing = threading.Thread(target=worker.close)
     closing.start()
-    for f in (big, waiting):  # failed by close while big's first slice is being predicted
-        with pytest.raises(Busy, match="shutting down"):
-            f.result(60)
+    with pytest.raises(Busy, match="shutting down"):  # failed by close: it was waiting
+        waiting.result(60)
     model.permits.release()  # let the call in progress end
+    with pytest.raises(Busy, match="shutting down"):  # no turn after that one
+        big.result(60)
     closing.join(60)
-    assert not closing.is_alive() and len(model.calls) == 1  # no further turns were taken
+    assert not closing.is_alive() and len(model.calls) == 1
 
 
 def test_short_request_is_answered_while_a_large_one_runs():
@@ -411,13 +433,18 @@ def test_short_request_is_answered_while_a_large_one_runs():
 
         big = threading.Thread(target=post, args=("big", ["x" * 100] * 64))  # one per call
         big.start()
-        while not c.get("/health").json()["waiting"]:
-            time.sleep(0.01)
+        assert model.entered.wait(60)  # its first slice is in the model
         short = threading.Thread(target=post, args=("short", ["Who ?"]))
         short.start()
-        while short.is_alive():
-            model.permits.release()  # one model call at a time
-            short.join(0.05)
+        deadline = time.monotonic() + 60
+        while c.get("/health").json()["waiting"] < 1:  # the short one waits its turn
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for _ in range(10):  # two calls suffice: the rest of big's first, then the short one
+            model.permits.release()
+            short.join(5)
+            if not short.is_alive():
+                break
         assert done == [("short", 200, 1)]  # and the large request is still being predicted
         for _ in range(64):
             model.permits.release()

@@ -781,7 +781,7 @@ def _add_classifier_commands(sub) -> None:
 SERVE_DEFAULTS = {
     "max_texts": 64,
     "max_chars": 20_000,
-    "max_explain_chars": 10_000,
+    "max_explain_chars": 20_000,
     "max_body_bytes": 2_000_000,
     "read_timeout_s": 30,
 }

@@ -147,22 +147,31 @@ class ModelWorker:
     def _shares(self, jobs: list[_Job]) -> list[int]:
         """How many of their next texts each predict job, in turn order, gives the next call:
         as many as fit in the call's budget of texts and characters (the first text always
-        fits), so small requests go whole and a large one gives a slice."""
+        fits), so small requests go whole and a large one gives a slice. A text longer than
+        ``max(4 x the first text, 2,000)`` characters waits for a call of its own kind: a
+        call lasts as long as its longest text, so short texts do not wait inside a call of
+        long ones."""
         shares = []
-        n = chars = 0
+        n = chars = longest = 0
         for job in jobs:
             k = job.done
             while k < len(job.texts):
                 size = len(job.texts[k])
-                if n and (n >= self.max_batch_texts or chars + size > self.max_batch_chars):
+                if n and (
+                    n >= self.max_batch_texts
+                    or chars + size > self.max_batch_chars
+                    or size > longest
+                ):
                     break
+                longest = longest or max(4 * size, 2_000)  # set by the first text
                 k, n, chars = k + 1, n + 1, chars + size
             shares.append(k - job.done)
         return shares
 
     def _take(self) -> list[tuple[_Job, int]]:
-        """The next call's parts from the turn order (the caller holds the lock): the jobs
-        taking part go to its back, or leave it when this call finishes them."""
+        """The next call's parts, taken out of the turn order (the caller holds the lock);
+        :meth:`_requeue` puts back those with texts left once the call is over, behind the
+        requests that arrived meanwhile."""
         self._jobs = deque(j for j in self._jobs if not j.future.cancelled())
         if not self._jobs:
             return []
@@ -176,9 +185,19 @@ class ModelWorker:
             head.append(job)
         parts = [(j, k) for j, k in zip(head, self._shares(head)) if k and self._claim(j)]
         taking = {id(j) for j, _ in parts}
-        rest = [j for j in self._jobs if id(j) not in taking and not j.future.cancelled()]
-        self._jobs = deque(rest + [j for j, k in parts if j.done + k < len(j.texts)])
+        self._jobs = deque(j for j in self._jobs if id(j) not in taking)
         return parts
+
+    def _requeue(self, parts: list[tuple[_Job, int]]) -> None:
+        """After a call: its requests with texts left go to the back of the turn order (or,
+        once closed, get Busy)."""
+        left = [j for j, _ in parts if j.texts is not None and not j.future.done()]
+        with self._cv:
+            if not self._closed:
+                self._jobs.extend(left)
+                return
+        for j in left:
+            j.future.set_exception(Busy("the server is shutting down"))
 
     def _next(self) -> list[tuple[_Job, int]] | None:
         """The next model call: ``[(explain job, 0)]`` or ``[(predict job, texts), ...]``;
@@ -205,17 +224,8 @@ class ModelWorker:
             j.results += preds[start : start + k]
             j.done += k
             start += k
-            if j.done == len(j.texts) and not j.future.done():  # done: failed by close
+            if j.done == len(j.texts):
                 j.future.set_result(j.results)
-
-    def _fail(self, parts: list[tuple[_Job, int]], error: BaseException) -> None:
-        """Every request of a failed call gets the error (not a hang) and leaves the turns."""
-        failed = {id(j) for j, _ in parts}
-        with self._cv:
-            self._jobs = deque(j for j in self._jobs if id(j) not in failed)
-        for j, _ in parts:
-            if not j.future.done():
-                j.future.set_exception(error)
 
     def _loop(self) -> None:
         while (parts := self._next()) is not None:
@@ -223,7 +233,10 @@ class ModelWorker:
             try:
                 self._run(parts)
             except BaseException as e:  # noqa: BLE001 - the requests get it; the loop goes on
-                self._fail(parts, e)
+                for j, _ in parts:
+                    if not j.future.done():
+                        j.future.set_exception(e)
+            self._requeue(parts)
 
 
 def _error(status: int, message: str, code: str, **extra):
