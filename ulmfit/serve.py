@@ -67,7 +67,7 @@ class ServeLimits:
 
 
 class Busy(Exception):
-    """The queue of requests waiting for the model is full."""
+    """The queue of requests waiting for the model is full, or the server is stopping."""
 
 
 @dataclass
@@ -83,11 +83,13 @@ class ModelWorker:
     """One thread that makes every model call. Requests with work left take turns (round
     robin): a model call gathers the next texts of the predict requests at the front of the
     turn order, up to ``max_batch_texts`` texts and ``max_batch_chars`` characters (always at
-    least one text), and those requests go to the back; an explain (any other call) takes a
-    turn of its own. So small requests waiting together become one call (micro-batching), a
-    request of 64 long texts is cut into slices, and a short request waits for at most one
-    turn of each request ahead of it (a turn: about ``max_batch_chars`` characters of model
-    time, or one text of any length) instead of for whole requests."""
+    least one text; see :meth:`_shares`), and those with texts left go to the back once the
+    call is over, behind the requests that arrived during it; an explain (any other call)
+    takes a turn of its own. So small requests waiting together become one call
+    (micro-batching), a request of 64 long texts is cut into slices, and a short request
+    waits for about one turn of each request ahead of it (a turn: at most
+    ``max_batch_chars`` characters, or one text, of model time) instead of for whole
+    requests."""
 
     def __init__(
         self,
