@@ -31,6 +31,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,22 @@ class ServeLimits:
         bad = [f"{k} must be 1 or more" for k, v in asdict(self).items() if v < 1]
         if bad:
             raise UserError("; ".join(bad))
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (None elsewhere). glibc keeps the memory a large call freed in
+    its arenas, one per thread, so a server's RSS stays at its highest point; trimming hands
+    the free pages back to the system."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+TRIM_AFTER_S = 1.0  # a model call this long freed enough memory to trim after (a trim: ms)
 
 
 class Busy(Exception):
@@ -105,6 +122,7 @@ class ModelWorker:
         self._cv = threading.Condition()
         self._closed = False
         self.calls = 0  # model calls made (a batch of merged requests counts once)
+        self._trim = _malloc_trim()
         self._thread = threading.Thread(target=self._loop, name="ulmfit-model", daemon=True)
         self._thread.start()
 
@@ -232,6 +250,7 @@ class ModelWorker:
     def _loop(self) -> None:
         while (parts := self._next()) is not None:
             self.calls += 1
+            start = time.monotonic()
             try:
                 self._run(parts)
             except BaseException as e:  # noqa: BLE001 - the requests get it; the loop goes on
@@ -239,6 +258,8 @@ class ModelWorker:
                     if not j.future.done():
                         j.future.set_exception(e)
             self._requeue(parts)
+            if self._trim is not None and time.monotonic() - start >= TRIM_AFTER_S:
+                self._trim(0)  # a long call had large buffers: give them back
 
 
 def _error(status: int, message: str, code: str, **extra):
