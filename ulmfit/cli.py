@@ -881,7 +881,13 @@ def _add_classifier_commands(sub) -> None:
 
 # ServeLimits' defaults, repeated so that --help shows them without importing the server
 # (tests/test_serve.py keeps them equal).
-SERVE_DEFAULTS = {"max_texts": 64, "max_chars": 20_000, "max_body_bytes": 2_000_000}
+SERVE_DEFAULTS = {
+    "max_texts": 64,
+    "max_chars": 20_000,
+    "max_explain_chars": 20_000,
+    "max_body_bytes": 2_000_000,
+    "read_timeout_s": 30,
+}
 
 
 def _texts_to_predict(args: argparse.Namespace, config: dict) -> tuple[list[str], list[int], list]:
@@ -1044,6 +1050,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device=args.device,
         log_level=args.log_level,
         threads=args.threads,
+        allowed_hosts=args.allowed_hosts.split(",") if args.allowed_hosts else None,
     )
     return 0
 
@@ -1118,7 +1125,7 @@ def _add_use_commands(sub) -> None:
         description='POST /predict {"texts": [...]} -> {"predictions": [...]} in order; '
         'POST /explain {"text": ...}; GET /health; GET / a page to type a text and see '
         "its label, probabilities and shaded words. Over-limit requests get 413, malformed "
-        "ones 422, both with a JSON error body.",
+        "ones 422, non-JSON bodies 415, other hosts 400, all with a JSON error body.",
     )
     p.add_argument("model", type=Path, metavar="MODEL", help=model_help)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -1134,9 +1141,28 @@ def _add_use_commands(sub) -> None:
         help=f"characters per text (default {d['max_chars']:,})",
     )
     p.add_argument(
+        "--max-explain-chars",
+        type=options.int_at_least(1),
+        help=f"characters per /explain text (default {d['max_explain_chars']:,})",
+    )
+    p.add_argument(
         "--max-body-bytes",
         type=options.int_at_least(1),
         help=f"request body size (default {d['max_body_bytes']:,})",
+    )
+    p.add_argument(
+        "--read-timeout",
+        dest="read_timeout_s",
+        type=options.int_at_least(1),
+        metavar="SECONDS",
+        help="time for a client to send a request's head, then its body "
+        f"(default {d['read_timeout_s']})",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        metavar="HOST[,HOST...]",
+        help="Host headers answered, others get 400 (*.example.com matches subdomains; "
+        "default: --host and localhost; with --host 0.0.0.0 name the hosts clients use)",
     )
     p.add_argument(
         "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
