@@ -105,6 +105,7 @@ def run_case(case: Case, ws: Path) -> Outcome:
     if case.setup is not None:
         case.setup(ws)
     before = digest(case.keep(ws))
+    backup = _backup(ws, case.keep(ws))
     if case.run is not None:
         outcome = case.run(ws)
     else:
@@ -123,10 +124,34 @@ def run_case(case: Case, ws: Path) -> Outcome:
             return Outcome(False, f"no answer within {case.timeout:.0f} s")
         outcome = judge(case, proc)
     after = digest(case.keep(ws))
-    if outcome.ok and after != before:
+    if after != before:
         changed = [k for k in before if before[k] != after.get(k)]
+        _restore(backup, case.keep(ws))  # the next cases get the workspace as it was
         return Outcome(False, f"changed or lost: {', '.join(Path(c).name for c in changed[:3])}")
     return outcome
+
+
+def _backup(ws: Path, paths: list[Path]) -> Path:
+    folder = Path(tempfile.mkdtemp(dir=ws, prefix=".backup-"))
+    for i, p in enumerate(paths):
+        if p.is_dir():
+            shutil.copytree(p, folder / str(i), symlinks=True)
+        elif p.exists():
+            shutil.copy2(p, folder / str(i))
+    return folder
+
+
+def _restore(backup: Path, paths: list[Path]) -> None:
+    for i, p in enumerate(paths):
+        saved = backup / str(i)
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+        if saved.is_dir():
+            shutil.copytree(saved, p, symlinks=True)
+        elif saved.exists():
+            shutil.copy2(saved, p)
 
 
 def _env(ws: Path) -> dict:
