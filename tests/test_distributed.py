@@ -144,6 +144,58 @@ def test_resume_with_two_processes(lm_runs):
     assert wa == wb
 
 
+# The command, with a look at this process's threads just before ulmfit leaves the process
+# group at exit and once more after (atexit runs the last registered first).
+_EXIT_PROBE = """
+import atexit, json, os, sys
+
+def threads():
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return names
+
+def write(when):
+    with open(os.path.join(sys.argv[1], f"{when}.{os.environ['RANK']}.json"), "w") as f:
+        json.dump(threads(), f)
+
+if __name__ == "__main__":  # not again in the tokenizing workers (spawned)
+    atexit.register(write, "after")  # first registered: runs after ulmfit's cleanup
+    from ulmfit.cli import main
+    rc = main(sys.argv[2:])
+    atexit.register(write, "before")
+    sys.exit(rc)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads threads from /proc")
+def test_no_gloo_thread_outlives_the_interpreter(lm_runs):
+    """gloo's threads end before the interpreter shuts down, on every rank. A worker thread
+    still running then may release a finished collective's tensors (Python objects) and
+    abort the process at exit ("terminate called without an active exception"), which made
+    a run fail at random after its work was done."""
+    root, _, _ = lm_runs
+    probe = root / "exit_probe.py"
+    probe.write_text(_EXIT_PROBE)
+    seen = root / "threads"
+    seen.mkdir()
+    argv = _pretrain_argv(root, "exit", 2, 1)
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(probe), str(seen), *argv]
+    done = subprocess.run(
+        cmd, cwd=REPO, env=_env(root / "cache"), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        before = json.loads((seen / f"before.{rank}.json").read_text())
+        after = json.loads((seen / f"after.{rank}.json").read_text())
+        assert [n for n in before if "gloo" in n], before  # the probe sees them while alive
+        assert not [n for n in after if "gloo" in n], (rank, after)
+
+
 # ---------------------------------------------------------------------------------------
 # Classifier shards (no processes needed: every rank derives its shard alone)
 # ---------------------------------------------------------------------------------------

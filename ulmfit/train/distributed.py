@@ -94,15 +94,32 @@ def init(device: str | None = None) -> DistInfo:
     if world > 1 and not dist.is_initialized():
         if d.type == "cuda":
             torch.cuda.set_device(d)
-        minutes = float(os.environ.get("ULMFIT_DIST_TIMEOUT_MIN", _DEFAULT_TIMEOUT_MIN))
-        dist.init_process_group(
-            backend="nccl" if d.type == "cuda" else "gloo",
-            timeout=datetime.timedelta(minutes=minutes),
-            **({"device_id": d} if d.type == "cuda" else {}),
-        )
-        atexit.register(cleanup)
+        _join_group(d)
     _INFO = DistInfo(rank=rank, world_size=world, local_rank=local, device=str(d))
     return _INFO
+
+
+def _join_group(d: torch.device) -> None:
+    """Create the world group, such that :func:`cleanup` can free it again.
+
+    ``torch.distributed.nn`` binds ``group.WORLD`` as a default argument of its functions
+    when it is first imported, and ``DistributedDataParallel`` imports it (through
+    ``torch._dynamo``). Imported after the group exists, it would keep the group alive to
+    the end of the process, and with it gloo's worker threads: such a thread drops its last
+    reference to a finished collective (whose tensors are Python objects) whenever it gets
+    to it, and when that happens after the interpreter began to shut down, taking the GIL
+    ends the thread inside a C++ destructor, which aborts the process ("terminate called
+    without an active exception", exit -6) after its work was done. Imported here first,
+    the defaults are ``None``."""
+    import torch.distributed.nn  # noqa: F401 -- before the group exists, see above
+
+    minutes = float(os.environ.get("ULMFIT_DIST_TIMEOUT_MIN", _DEFAULT_TIMEOUT_MIN))
+    dist.init_process_group(
+        backend="nccl" if d.type == "cuda" else "gloo",
+        timeout=datetime.timedelta(minutes=minutes),
+        **({"device_id": d} if d.type == "cuda" else {}),
+    )
+    atexit.register(cleanup)
 
 
 def info() -> DistInfo:
@@ -188,7 +205,9 @@ def on_main(fn: Callable[[], T]) -> T:
 
 
 def cleanup() -> None:
-    """Leave the process group (registered at exit by :func:`init`)."""
+    """Leave the process group (registered at exit by :func:`init`, so it runs before the
+    interpreter shuts down). With the last reference to the group gone, this also joins the
+    backend's threads, which must not outlive the interpreter (see :func:`_join_group`)."""
     global _INFO
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
