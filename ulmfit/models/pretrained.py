@@ -61,7 +61,7 @@ def _refused_pickle(message: str) -> str:
             f"holds a pickled Python object ({found[1]}), not only tensors; refused, since "
             "unpickling it could run code. Save the model's state_dict() instead"
         )
-    return "not a PyTorch weights file (its pickle cannot be read as plain tensors)"
+    return "cannot read PyTorch weights (not a file of plain tensors)"
 
 
 def read_fastai_state(path: Path | str) -> dict[str, Tensor]:
