@@ -506,7 +506,7 @@ def test_bad_input_is_one_line_and_overwrites_nothing(capsys, env_cache, tmp_pat
 
     # settings out of range
     code, o, e = run(capsys, "pretrain", texts, "--out", fresh, "--bs", 0, *common)
-    assert_user_error(code, o, e, "bs must be 1 or more")
+    assert_user_error(code, o, e, "argument --bs: must be 1 or more")
     code, o, e = run(
         capsys,
         "finetune-lm",
@@ -521,7 +521,7 @@ def test_bad_input_is_one_line_and_overwrites_nothing(capsys, env_cache, tmp_pat
         0,
         *common,
     )
-    assert_user_error(code, o, e, "valid_pct")
+    assert_user_error(code, o, e, "argument --valid-pct: must be above 0")
 
 
 def test_cli_defaults_are_the_config_defaults():
