@@ -280,13 +280,20 @@ _DAMAGE = {
 # Faults: processes killed and interrupted
 
 
-def _busiest_child(pid: int) -> int | None:
+def _busiest_child(pid: int, wait: float = 90) -> int | None:
+    """The worker of ``pid`` that has tokenized most, once the workers are busy (on a loaded
+    machine they may take many seconds to start)."""
     import psutil
 
-    kids = psutil.Process(pid).children(recursive=True)
-    if not kids:
-        return None
-    return max(kids, key=lambda k: k.cpu_times().user).pid
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):
+            kids = psutil.Process(pid).children(recursive=True)
+            busy = [k for k in kids if k.cpu_times().user > 1.0]
+            if len(busy) >= 2:
+                return max(busy, key=lambda k: k.cpu_times().user).pid
+        time.sleep(0.2)
+    return None
 
 
 def _prepare_argv(ws: Path, cache: str) -> list[str]:
@@ -298,7 +305,6 @@ def kill_a_worker(ws: Path) -> Outcome:
     if not IMDB.exists():
         return Outcome(True, "skipped: no ../shared IMDb")
     proc = subprocess.Popen(_prepare_argv(ws, "cache-kill"), stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
     victim = _busiest_child(proc.pid)
     if victim is None:
         proc.kill()
@@ -324,7 +330,9 @@ def interrupt_prepare(ws: Path) -> Outcome:
     proc = subprocess.Popen(
         _prepare_argv(ws, "cache-int"), stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    time.sleep(4)
+    if _busiest_child(proc.pid) is None:
+        proc.kill()
+        return Outcome(False, "its workers never got busy")
     os.killpg(proc.pid, signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=60)
@@ -343,12 +351,12 @@ def kill_prepare_then_rerun(ws: Path) -> Outcome:
     proc = subprocess.Popen(
         _prepare_argv(ws, "cache-k9"), stderr=subprocess.DEVNULL, start_new_session=True
     )
-    time.sleep(6)
+    busy = _busiest_child(proc.pid) is not None
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     again = subprocess.run(_prepare_argv(ws, "cache-k9"), capture_output=True, text=True)
     left = [p.name for p in (ws / "cache-k9").rglob(".tmp-*")]
-    ok = again.returncode == 0 and not left
+    ok = busy and again.returncode == 0 and not left
     return Outcome(ok, f"re-run exit {again.returncode}; leftovers: {len(left)}")
 
 
