@@ -134,6 +134,29 @@ def _add_column_options(p: argparse.ArgumentParser, labels: bool, formats: list[
     p.add_argument("--encoding", default="utf-8", help="text encoding of the input (default utf-8)")
 
 
+def _add_vocab_size_options(p: argparse.ArgumentParser) -> None:
+    """The vocabulary's size limits (prepare and the LM commands build a vocabulary)."""
+    p.add_argument(
+        "--max-vocab",
+        type=options.int_at_least(len(SPECIAL_TOKENS)),
+        default=60000,
+        help="vocabulary size cap (fastai: 60000)",
+    )
+    p.add_argument(
+        "--min-freq",
+        type=options.int_at_least(1),
+        default=3,
+        help="minimum count to enter the vocabulary",
+    )
+
+
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    """--device, checked against this machine as the options are read."""
+    p.add_argument(
+        "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+
+
 def _add_input_options(p: argparse.ArgumentParser, labels: bool) -> None:
     _add_column_options(p, labels, ["csv", "tsv", "jsonl", "parquet", "txt", "folder"])
     p.add_argument(
@@ -377,21 +400,8 @@ def _add_training_options(p: argparse.ArgumentParser, command: str) -> None:
         type=options.int_at_least(0),
         help=f"seed of the split, shuffles and dropouts (default {d['seed']})",
     )
-    p.add_argument(
-        "--max-vocab",
-        type=options.int_at_least(len(SPECIAL_TOKENS)),
-        default=60000,
-        help="vocabulary size cap (fastai: 60000)",
-    )
-    p.add_argument(
-        "--min-freq",
-        type=options.int_at_least(1),
-        default=3,
-        help="minimum count to enter the vocabulary",
-    )
-    p.add_argument(
-        "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
-    )
+    _add_vocab_size_options(p)
+    _add_device_option(p)
     _add_compile_option(p)
     p.add_argument(
         "--overwrite", action="store_true", help="replace --out if it is a previous model directory"
@@ -471,9 +481,7 @@ def _add_lm_commands(sub) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("inputs", nargs="+", metavar="DATA")
     p.add_argument("--vocab", metavar="ITOS.pkl", help="vocabulary of a fastai .pth")
-    p.add_argument(
-        "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
-    )
+    _add_device_option(p)
     p.add_argument(
         "--limit-docs", type=options.int_at_least(1), metavar="N", help="only the first N documents"
     )
@@ -758,9 +766,7 @@ def _add_compile_option(p: argparse.ArgumentParser) -> None:
 
 def _add_classifier_input_options(p: argparse.ArgumentParser) -> None:
     _add_labelled_file_options(p)
-    p.add_argument(
-        "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
-    )
+    _add_device_option(p)
 
 
 def _add_classifier_commands(sub) -> None:
@@ -1088,9 +1094,7 @@ def _add_use_commands(sub) -> None:
     p.add_argument(
         "--bs", type=options.int_at_least(1), default=64, help="texts per batch (default 64)"
     )
-    p.add_argument(
-        "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
-    )
+    _add_device_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -1113,9 +1117,7 @@ def _add_use_commands(sub) -> None:
         help="explain this class (default: the predicted one; multi-label: the most probable)",
     )
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
-    p.add_argument(
-        "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
-    )
+    _add_device_option(p)
     p.set_defaults(func=cmd_explain)
 
     d = SERVE_DEFAULTS
@@ -1164,9 +1166,7 @@ def _add_use_commands(sub) -> None:
         help="Host headers answered, others get 400 (*.example.com matches subdomains; "
         "default: --host and localhost; with --host 0.0.0.0 name the hosts clients use)",
     )
-    p.add_argument(
-        "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
-    )
+    _add_device_option(p)
     p.add_argument(
         "--threads",
         type=options.int_at_least(1),
@@ -1199,18 +1199,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     _add_input_options(p, labels=True)
-    p.add_argument(
-        "--max-vocab",
-        type=options.int_at_least(len(SPECIAL_TOKENS)),
-        default=60000,
-        help="vocabulary size cap (fastai: 60000)",
-    )
-    p.add_argument(
-        "--min-freq",
-        type=options.int_at_least(1),
-        default=3,
-        help="minimum count to enter the vocabulary",
-    )
+    _add_vocab_size_options(p)
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser(
