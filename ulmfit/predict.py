@@ -103,7 +103,7 @@ class Predictor:
         from ulmfit.devices import resolve_device
         from ulmfit.tasks.ensemble import load_members
 
-        resolve_device(device)  # a missing GPU is said before the model is read
+        device = resolve_device(device)  # a missing GPU is said before the model is read
         config, members = load_members(path)
         return cls(config, members, path, bs=bs, device=device, block=block)
 

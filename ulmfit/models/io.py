@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ulmfit.errors import UserError, one_line
 from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+from ulmfit.models.dirs import check_shapes
 
 MODEL_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.json"
@@ -68,13 +69,18 @@ def is_tied(model: LanguageModel) -> bool:
     return model.decoder.decoder.weight is model.encoder.encoder.weight
 
 
-def stored_state(model: LanguageModel) -> dict[str, Tensor]:
-    """The model's tensors with every shared tensor kept once (contiguous CPU copies)."""
+def _unshared(model: LanguageModel) -> dict[str, Tensor]:
+    """The model's state_dict with every shared tensor kept once (the model's own tensors)."""
     state = model.state_dict()
     state.pop(_EMB_DP, None)  # the word-dropout wrapper holds the embedding module itself
     if is_tied(model):
         state.pop(_DEC, None)
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    return state
+
+
+def stored_state(model: LanguageModel) -> dict[str, Tensor]:
+    """The model's tensors with every shared tensor kept once (contiguous CPU copies)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in _unshared(model).items()}
 
 
 def model_config(
@@ -288,22 +294,7 @@ def load_model_dir(
         raise UserError(f"{path / CONFIG_FILE}: bad architecture ({e})") from None
     tensors = read_tensors(path / MODEL_FILE)
     model = LanguageModel(len(vocab), cfg)
-    expected = {k: tuple(v.shape) for k, v in stored_state(model).items()}
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        what = (f"missing {', '.join(missing[:4])}" if missing else "") + (
-            f"{'; ' if missing else ''}unexpected {', '.join(unexpected[:4])}" if unexpected else ""
-        )
-        raise UserError(f"{path / MODEL_FILE}: tensors do not match {CONFIG_FILE} ({what})")
-    for k, shape in expected.items():
-        if tuple(tensors[k].shape) != shape:
-            raise UserError(
-                f"{path / MODEL_FILE}: {k} has shape {tuple(tensors[k].shape)}, "
-                f"but {CONFIG_FILE} implies {shape}"
-            )
-        if not tensors[k].is_floating_point():
-            raise UserError(f"{path / MODEL_FILE}: {k} is not a floating-point tensor")
+    check_shapes(_unshared(model), tensors, path / MODEL_FILE)
     state = dict(tensors)
     state[_EMB_DP] = state[_EMB]
     if cfg.tie_weights:
