@@ -23,7 +23,7 @@ around every timed region, and the peak GPU memory of each subprocess
   count the documents of the timed steps (on CUDA our Learner reads one batch ahead, so its
   last step falls outside the timed window and is not counted either).
 - **classifier prediction, documents/s** over IMDb test reviews, length-sorted batches of 64:
-  ours = ``ulmfit.tasks.classifier.predict_logits`` (what ``evaluate`` and ``ulmfit.load(...)
+  ours = ``ulmfit.predict.predict_logits`` (what ``evaluate`` and ``ulmfit.load(...)
   .predict`` run: on a GPU under the training's mixed precision, ``amp="auto"``), ours_fp32 =
   the same call with ``amp="off"``, fastai = ``learn.get_preds(dl=...)`` with ``to_fp16()``.
   One warm-up pass, then one timed pass.
@@ -598,7 +598,8 @@ def _timed_passes(fn, warm: int, timed: int, n_docs: int) -> dict:
 def predict_ours(spec: dict, data: dict, amp: str = "auto") -> dict:
     import torch
 
-    from ulmfit.tasks.classifier import ClassifierConfig, predict_logits
+    from ulmfit.predict import predict_logits
+    from ulmfit.tasks.classifier import ClassifierConfig
     from ulmfit.tasks.language_model import TokenCorpus
 
     torch.manual_seed(42)

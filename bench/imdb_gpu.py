@@ -349,7 +349,8 @@ def read_imdb(args, files: dict[str, Path]) -> tuple[dict, list[str], list[str],
     """``(corpus, vocab, classes, meta)`` of the three IMDb files: the LM corpus and its
     vocabulary as fit -> finetune_lm makes them (train + test + unsup texts, labels unused),
     with each document's split and label."""
-    from ulmfit.tasks.classifier import ClassifierConfig, read_labelled, read_labels
+    from ulmfit.data.labels import read_labels
+    from ulmfit.tasks.classifier import ClassifierConfig, read_labelled
     from ulmfit.tasks.language_model import FinetuneLMConfig, _prepare
 
     labelled, texts = _specs(files)
@@ -706,7 +707,7 @@ def _docs_of(corpus: dict, k: int):
 def _metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
     """The library's metrics_of (it needs scikit-learn), else the same headline figures."""
     try:
-        from ulmfit.tasks.classifier import metrics_of
+        from ulmfit.metrics import metrics_of
 
         return metrics_of(y, pred, classes)
     except ImportError:
@@ -764,13 +765,13 @@ def _recipe(run: Run, plan: Plan, args, work: Path) -> None:
     from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
     from ulmfit.models.classifier import load_encoder
     from ulmfit.models.pretrained import with_aliases
+    from ulmfit.predict import predict_logits
     from ulmfit.tasks.classifier import (
         ClassifierConfig,
         _subset,
         build_classifier,
         classifier_arch,
         loss_for,
-        predict_logits,
     )
     from ulmfit.tasks.language_model import FinetuneLMConfig, gather_docs, lm_eval, split_docs
     from ulmfit.train import ClassifierTask, Learner, LMTask

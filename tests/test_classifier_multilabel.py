@@ -12,15 +12,11 @@ import torch
 from ulmfit.cli import main
 from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
+from ulmfit.metrics import tune_thresholds
 from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
 from ulmfit.models.io import save_model_dir
-from ulmfit.tasks.classifier import (
-    ClassifierConfig,
-    evaluate,
-    fit_classifier,
-    load_classifier,
-    tune_thresholds,
-)
+from ulmfit.models.model_dir import load_classifier
+from ulmfit.tasks.classifier import ClassifierConfig, evaluate, fit_classifier
 from ulmfit.tasks.language_model import tokenize_texts
 from ulmfit.text.rules import SPECIAL_TOKENS
 

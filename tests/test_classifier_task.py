@@ -13,7 +13,9 @@ from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
 from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
 from ulmfit.models.io import save_model_dir
-from ulmfit.tasks.classifier import ClassifierConfig, load_classifier
+from ulmfit.models.model_dir import load_classifier
+from ulmfit.predict import predict_logits
+from ulmfit.tasks.classifier import ClassifierConfig
 from ulmfit.tasks.language_model import tokenize_texts
 from ulmfit.tasks.run import dry_run_dir, fit
 from ulmfit.text.rules import SPECIAL_TOKENS
@@ -93,7 +95,7 @@ def test_fit_then_evaluate(capsys, setup, tmp_path, monkeypatch):
     assert np.array(ev["confusion"]).sum() == 20
     assert abs(ev["accuracy"] + ev["error_rate"] - 1) < 1e-9
     model, vocab, cfg = load_classifier(out)
-    from ulmfit.tasks.classifier import predict_logits, read_labelled
+    from ulmfit.tasks.classifier import read_labelled
 
     spec = SourceSpec(path=setup["test"], label_cols=["label"])
     docs = read_labelled(spec, vocab, ClassifierConfig(), classes=cfg["classes"])

@@ -12,13 +12,15 @@ from conftest import trec_rows as _rows
 from conftest import write_csv as _write
 
 from ulmfit.cli import main
+from ulmfit.data.labels import dry_run_sample
 from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
 from ulmfit.models.awd_lstm import ar_tar_loss
 from ulmfit.models.classifier import masked_ar_tar
+from ulmfit.models.model_dir import load_classifier, load_members, mean_outputs
+from ulmfit.predict import predict_logits
 from ulmfit.tasks import classifier as clf_mod
-from ulmfit.tasks.classifier import ClassifierConfig, load_classifier, predict_logits
-from ulmfit.tasks.ensemble import load_members, mean_outputs
+from ulmfit.tasks.classifier import ClassifierConfig
 from ulmfit.tasks.language_model import reverse_docs
 from ulmfit.tasks.run import dry_run_dir, fit, read_stages
 
@@ -393,13 +395,13 @@ def test_dry_run_samples_every_class_of_a_class_sorted_file(capsys, setup, tmp_p
 
 def test_dry_run_sample_spreads_over_the_classes_in_input_order():
     raw = ["a"] * 100 + ["b"] * 5 + ["c"] * 30
-    keep = clf_mod.dry_run_sample(raw, "single", 20)
+    keep = dry_run_sample(raw, "single", 20)
     assert keep == sorted(keep) and len(keep) == 20 == len(set(keep))
     got = [raw[i] for i in keep]
     assert got.count("b") == 5 and got.count("a") >= 7 and got.count("c") >= 7
-    assert clf_mod.dry_run_sample(raw, "single", 20) == keep  # the same rows every time
-    assert clf_mod.dry_run_sample(raw[:10], "single", 20) == list(range(10))
-    rand = clf_mod.dry_run_sample([0.5] * 100, "float", 16)
+    assert dry_run_sample(raw, "single", 20) == keep  # the same rows every time
+    assert dry_run_sample(raw[:10], "single", 20) == list(range(10))
+    rand = dry_run_sample([0.5] * 100, "float", 16)
     assert rand == sorted(rand) and len(set(rand)) == 16 and rand != list(range(16))
 
 

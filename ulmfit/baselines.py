@@ -23,13 +23,20 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from ulmfit.data.labels import LabelSet, check_training_labels, encode_labels, infer_label_kind
-from ulmfit.data.sources import ReadReport, SourceSpec, iter_source
+from ulmfit.data.labels import (
+    LabelSet,
+    check_training_labels,
+    encode_labels,
+    infer_label_kind,
+    label_col,
+    read_rows,
+)
+from ulmfit.data.sources import ReadReport, SourceSpec
 from ulmfit.errors import UserError
+from ulmfit.metrics import multi_label_metrics, regression_metrics, sigmoid, single_label_metrics
 
 TOKEN_PATTERN = r"(?u)\b\w+\b|[^\w\s]"
 NGRAMS = (1, 2)
@@ -61,41 +68,20 @@ class BaselineData:
 # Reading
 
 
-def _read(spec: SourceSpec) -> tuple[list[str], list, list[int], ReadReport]:
-    report = ReadReport()
-    texts: list[str] = []
-    raw: list[Any] = []
-    rows: list[int] = []
-    for batch in iter_source(spec, report=report):
-        texts.extend(batch.texts)
-        rows.extend(batch.rows)
-        if batch.labels is None:
-            raise UserError(f"{spec.path}: no labels (give the label column, e.g. --label-col)")
-        raw.extend(batch.labels)
-    return texts, raw, rows, report
-
-
-def _label_col(spec: SourceSpec) -> str | list[str]:
-    cols = spec.label_cols
-    if cols and len(cols) > 1:
-        return list(cols)
-    return cols[0] if cols else "folder"
-
-
 def load_data(train: SourceSpec, test: SourceSpec, kind: str | None = None) -> BaselineData:
     """Read and encode both files; test labels are checked against the training classes."""
-    tr_texts, tr_raw, tr_rows, tr_report = _read(train)
+    tr_texts, tr_raw, tr_rows, tr_report = read_rows(train)
     kind = infer_label_kind(train, kind, raw=tr_raw)
     if kind == "none":
         raise UserError(f"{train.path}: no labels (give the label column, e.g. --label-col)")
-    tr_labels = encode_labels(tr_raw, kind, tr_rows, str(train.path), _label_col(train))
+    tr_labels = encode_labels(tr_raw, kind, tr_rows, str(train.path), label_col(train))
     check_training_labels(
-        kind, tr_labels.classes, tr_labels.values, str(train.path), _label_col(train)
+        kind, tr_labels.classes, tr_labels.values, str(train.path), label_col(train)
     )
-    te_texts, te_raw, te_rows, te_report = _read(test)
+    te_texts, te_raw, te_rows, te_report = read_rows(test)
     classes = tr_labels.classes if kind != "float" else None
     te_labels = encode_labels(
-        te_raw, kind, te_rows, str(test.path), _label_col(test), classes=classes
+        te_raw, kind, te_rows, str(test.path), label_col(test), classes=classes
     )
     if kind == "float" and _width(te_labels.values) != _width(tr_labels.values):
         raise UserError(
@@ -201,58 +187,8 @@ def tfidf_scores(train_texts: list[str], y: np.ndarray, test_texts: list[str], k
         model = LogisticRegression(C=TFIDF_C, solver="liblinear", dual=True, max_iter=1000)
         s = _binary_scores(x_train, y[:, k], x_test, model)
         with np.errstate(over="ignore"):
-            cols.append(1.0 / (1.0 + np.exp(-s)))
+            cols.append(sigmoid(s))
     return np.stack(cols, axis=1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics
-
-
-def single_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
-    from sklearn.metrics import accuracy_score, f1_score
-
-    labels = list(range(len(classes)))
-    per_class = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
-    present = sorted(set(np.asarray(y_true).tolist()))
-    accuracy = float(accuracy_score(y_true, y_pred))
-    return {
-        "accuracy": accuracy,
-        "error_rate": 1.0 - accuracy,
-        # macro F1 over the classes the test set has (a class absent from the test set has no F1)
-        "macro_f1": float(
-            f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
-        ),
-        "per_class_f1": {classes[k]: float(per_class[k]) for k in labels},
-    }
-
-
-def multi_label_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray, classes: list[str]
-) -> dict:
-    from sklearn.metrics import f1_score, roc_auc_score
-
-    y_true = np.asarray(y_true).astype(int)
-    y_pred = np.asarray(y_pred).astype(int)
-    aucs = []
-    for k in range(y_true.shape[1]):
-        col = y_true[:, k]
-        if 0 < col.sum() < len(col):
-            finite = np.nan_to_num(scores[:, k], posinf=1e300, neginf=-1e300)
-            aucs.append(float(roc_auc_score(col, finite)))
-    per_label = f1_score(y_true, y_pred, average=None, zero_division=0)
-    return {
-        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "mean_auc": float(np.mean(aucs)) if aucs else float("nan"),
-        "auc_labels": len(aucs),  # labels with both classes in the test set
-        "per_class_f1": {c: float(f) for c, f in zip(classes, per_label)},
-    }
-
-
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    err = np.asarray(y_pred, dtype=np.float64) - np.asarray(y_true, dtype=np.float64)
-    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err**2).mean()))}
 
 
 # ---------------------------------------------------------------------------------------------

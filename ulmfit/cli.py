@@ -959,7 +959,7 @@ def _write_predictions_csv(args: argparse.Namespace, predictor, texts, rows, pre
 def _predict_inputs(args: argparse.Namespace) -> list:
     """What predict / explain read, so --out can never replace it: the input file and the
     classifier's model directory (a file written beside it in the run folder is fine)."""
-    from ulmfit.tasks.classifier import model_dir_of
+    from ulmfit.models.model_dir import model_dir_of
 
     inputs = [model_dir_of(args.model)]
     if getattr(args, "input", None) is not None:

@@ -99,7 +99,7 @@ def explain(predictor, text: str, target: str | None = None) -> dict:
     (see :func:`segments`) is the text as typed with the importance of each word."""
     import torch
 
-    from ulmfit.tasks.ensemble import mean_outputs
+    from ulmfit.models.model_dir import mean_outputs
 
     if not isinstance(text, str):
         raise UserError(f"the text must be a string, got {type(text).__name__}")

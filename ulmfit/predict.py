@@ -47,6 +47,35 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def predict_logits(
+    model, docs, bs: int = 64, device: str | None = None, amp: str = "auto"
+) -> np.ndarray:
+    """Logits ``(n_docs, n_out)`` of documents (``docs.ids``, ``docs.offsets``: a
+    TokenCorpus or LabelledDocs) in input order (sorted batches, order restored). On a GPU
+    the forward pass runs under the same mixed precision as training (``amp``, see
+    :func:`ulmfit.train.learner.amp_plan`), with batches copied ahead of use; on a CPU in
+    full precision."""
+    import contextlib
+
+    import torch
+
+    from ulmfit.loaders import ClassifierLoader, restore_order
+    from ulmfit.train.learner import amp_plan, device_batches
+
+    dev = torch.device(device or next(model.parameters()).device)
+    model.to(dev).eval()
+    loader = ClassifierLoader(docs.ids, docs.offsets, None, bs=bs, train=False, max_len=None)
+    dtype = amp_plan(dev.type, amp).dtype
+    autocast = (
+        torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    )
+    out = []
+    with torch.inference_mode(), autocast:
+        for x, _, idx in device_batches(loader, dev):
+            out.append((idx, model(x).float().cpu()))
+    return restore_order(out, len(docs)).numpy()
+
+
 class Predictor:
     """A loaded classifier or ensemble: ``predict(texts)`` -> one dict per text, in order.
 
@@ -101,7 +130,7 @@ class Predictor:
         """A run folder of ``ulmfit fit`` or a model directory (single or ensemble); a bad
         directory is a UserError saying what is wrong with it."""
         from ulmfit.devices import resolve_device
-        from ulmfit.tasks.ensemble import load_members
+        from ulmfit.models.model_dir import load_members
 
         device = resolve_device(device)  # a missing GPU is said before the model is read
         config, members = load_members(path)
@@ -151,11 +180,10 @@ class Predictor:
     # -- prediction ------------------------------------------------------------------------
     def logits(self, texts: Sequence[str], progress: bool | None = None) -> np.ndarray:
         """The combined outputs ``(n, n_out)`` in input order (an ensemble's as
-        :func:`~ulmfit.tasks.ensemble.mean_outputs` gives them)."""
+        :func:`~ulmfit.models.model_dir.mean_outputs` gives them)."""
         from tqdm.auto import tqdm
 
-        from ulmfit.tasks.classifier import predict_logits
-        from ulmfit.tasks.ensemble import mean_outputs
+        from ulmfit.models.model_dir import mean_outputs
         from ulmfit.tasks.language_model import TokenCorpus
 
         n = len(texts)
@@ -183,7 +211,7 @@ class Predictor:
         return self.scores_of(self.logits(self.texts_of(texts), progress))
 
     def scores_of(self, logits: np.ndarray) -> np.ndarray:
-        from ulmfit.tasks.classifier import sigmoid
+        from ulmfit.metrics import sigmoid
 
         if self.kind == "single":
             return softmax(logits)
@@ -251,4 +279,4 @@ def load(path: Path | str, *, device: str | None = None, bs: int = 64) -> Predic
     return Predictor.load(path, device=device, bs=bs)
 
 
-__all__ = ["BLOCK", "Predictor", "load", "softmax"]
+__all__ = ["BLOCK", "Predictor", "load", "predict_logits", "softmax"]

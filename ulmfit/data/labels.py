@@ -75,6 +75,15 @@ def infer_label_kind(spec: SourceSpec, kind: str | None = None, raw: list | None
     return "multi" if binary else "float"
 
 
+def label_col(spec: SourceSpec) -> str | list[str]:
+    """The label column(s) of ``spec`` as :func:`encode_labels` and its messages name them:
+    one name, the list of several, or "folder" for a folder of class subfolders."""
+    cols = spec.label_cols
+    if cols and len(cols) > 1:
+        return list(cols)
+    return cols[0] if cols else "folder"
+
+
 def encode_labels(
     raw: list,
     kind: str,
@@ -386,3 +395,91 @@ def check_training_labels(
             f"{len(values):,} rows ({singles:,} of them on one row only): it looks like an ID "
             "or a text, not a class; choose the label column with --label-col"
         )
+
+
+# ----------------------------------------------------------------------------------------
+# Reading a labelled file
+# ----------------------------------------------------------------------------------------
+
+
+def read_rows(spec: SourceSpec) -> tuple[list[str], list, list[int], ReadReport]:
+    """``(texts, raw labels, 0-based rows, report)`` of a labelled file, in input order; rows
+    without text are skipped (and listed in the report)."""
+    report = ReadReport()
+    texts: list[str] = []
+    raw: list[Any] = []
+    rows: list[int] = []
+    for batch in iter_source(spec, report=report):
+        texts.extend(batch.texts)
+        rows.extend(batch.rows)
+        if batch.labels is None:
+            raise UserError(f"{spec.path}: no labels (give the label column, e.g. --label-col)")
+        raw.extend(batch.labels)
+    return texts, raw, rows, report
+
+
+def _known(value, known: set[str]) -> bool:
+    """Whether every label of a raw value (one label, or a list of them) is in ``known``."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return all(_is_missing(v) or _class_name(v) in known for v in items)
+
+
+def read_labels(
+    spec: SourceSpec,
+    classes: list[str] | None = None,
+    limit: int | None = None,
+    kind: str | None = None,
+):
+    """``(texts, LabelSet, rows, dropped)`` of ``spec``, checked: a label outside ``classes``
+    is a UserError naming it and its row. ``kind`` forces the kind of target (default:
+    inferred). ``limit`` keeps a sample of ``limit`` rows (dry runs, see
+    :func:`dry_run_sample`; then rows of classes outside ``classes`` are dropped rather than
+    refused, as a small sample rarely has every class)."""
+    texts, raw, rows, _ = read_rows(spec)
+    kind = infer_label_kind(spec, kind, raw=raw)
+    if kind == "none":
+        raise UserError(f"{spec.path}: no labels (give the label column, e.g. --label-col)")
+    if kind == "float":
+        classes = None
+    dropped = 0
+    if limit is not None:
+        keep = dry_run_sample(raw, kind, limit)
+        texts, raw, rows = [texts[i] for i in keep], [raw[i] for i in keep], [rows[i] for i in keep]
+        several = len(spec.label_cols or []) > 1
+        if classes is not None and not several:
+            known = set(classes)
+            keep = [i for i, v in enumerate(raw) if _known(v, known)]
+            dropped = len(raw) - len(keep)
+            texts, raw, rows = (
+                [texts[i] for i in keep],
+                [raw[i] for i in keep],
+                [rows[i] for i in keep],
+            )
+    if not texts:
+        raise UserError(f"{spec.path}: no rows with text")
+    labels = encode_labels(raw, kind, rows, str(spec.path), label_col(spec), classes=classes)
+    return texts, labels, rows, dropped
+
+
+def dry_run_sample(raw: list, kind: str, limit: int, seed: int = 0) -> list[int]:
+    """The rows a dry run reads, in input order. Single-label: up to ``limit`` rows spread
+    over every class (one row of each class in turn, each class's rows in a seeded random
+    order), because files are often sorted by class (IMDb, any folder per class) and their
+    first rows would all have one class. Multi-label and numeric targets: a seeded random
+    sample. Either way the same rows every time."""
+    n = len(raw)
+    if n <= limit:
+        return list(range(n))
+    rng = np.random.default_rng(seed)
+    if kind != "single" or any(isinstance(v, (list, tuple)) for v in raw):
+        return sorted(rng.choice(n, size=limit, replace=False).tolist())
+    groups: dict[str, list[int]] = {}
+    for i, v in enumerate(raw):
+        groups.setdefault(_class_name(v) if v is not None else "", []).append(i)
+    queues = [rng.permutation(g).tolist() for g in groups.values()]
+    picked: list[int] = []
+    while len(picked) < limit:
+        for q in queues:
+            if q and len(picked) < limit:
+                picked.append(q.pop())
+    return sorted(picked)

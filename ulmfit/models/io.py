@@ -1,4 +1,7 @@
-"""Our model directories: ``model.safetensors`` + ``vocab.json`` + ``config.json``, nothing pickled.
+"""Language-model directories: ``model.safetensors`` + ``vocab.json`` + ``config.json``, nothing pickled.
+
+The classifier and ensemble directory (``RUN/model``) is :mod:`ulmfit.models.model_dir`; it
+shares the safetensors reading and shape check here.
 
 A directory is written under a temporary name next to its target and renamed into place in
 one step, so an interrupted save leaves no half directory. An existing non-empty target is
@@ -26,7 +29,6 @@ from torch import Tensor
 
 from ulmfit.errors import UserError, one_line
 from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
-from ulmfit.models.dirs import check_shapes
 
 MODEL_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.json"
@@ -272,6 +274,32 @@ def read_tensors(file: Path) -> dict[str, Tensor]:
         raise UserError(f"{file}: not a readable safetensors file ({one_line(e)})") from None
 
 
+def check_shapes(expected: dict, tensors: dict, file: Path) -> None:
+    """The stored ``tensors`` are exactly the ``expected`` names and shapes (a model's
+    ``state_dict()`` built on the meta device gives them without allocating)."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        what = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(missing[:3])}" if missing else "",
+                f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
+            )
+            if part
+        )
+        raise UserError(f"{file}: tensors do not match config.json ({what})")
+    for name, t in expected.items():
+        if tuple(tensors[name].shape) != tuple(t.shape):
+            raise UserError(
+                f"{file}: {name} has shape {tuple(tensors[name].shape)}, but config.json "
+                f"implies {tuple(t.shape)}"
+            )
+        if tensors[name].is_floating_point() != t.is_floating_point():
+            kind = "a floating-point" if t.is_floating_point() else "an integer"
+            raise UserError(f"{file}: {name} should be {kind} tensor")
+
+
 def load_model_dir(
     path: Path | str, drop_mult: float | None = None
 ) -> tuple[LanguageModel, list[str], dict]:
@@ -394,6 +422,7 @@ __all__ = [
     "MODEL_FILE",
     "VOCAB_FILE",
     "arch_config",
+    "check_shapes",
     "check_target",
     "is_tied",
     "load_lm",

@@ -59,17 +59,24 @@ import torch
 
 from ulmfit.devices import resolve_device
 from ulmfit.errors import UserError
+from ulmfit.metrics import SUMMARY_KEYS, predictions_of, sigmoid, tune_thresholds
 from ulmfit.models.awd_lstm import CLASSIFIER_CONFIG
+from ulmfit.models.io import staged_dir
+from ulmfit.models.model_dir import (
+    MODEL_DIR,
+    VALID_OUTPUTS,
+    load_members,
+    mean_outputs,
+    model_dir_of,
+    write_classifier_files,
+)
+from ulmfit.predict import predict_logits
+from ulmfit.report import write_report_files
 
-MODEL_DIR = "model"
 LM_DIR = "lm"
 REPORT_DIR = "report"
-TASK = "classifier"
-FORMAT_VERSION = 1
 DRY_RUN_ROWS = 64  # rows read from each input by a dry run
 DRY_RUN_BATCHES = 2  # optimizer steps per epoch in a dry run
-_EMB_DP = "encoder.module.encoder_dp.emb.weight"
-_EMB = "encoder.module.encoder.weight"
 
 
 @dataclass
@@ -155,87 +162,6 @@ class LabelledDocs:
         return len(self.offsets) - 1
 
 
-def _label_col(spec) -> str | list[str]:
-    cols = spec.label_cols or []
-    if len(cols) > 1:
-        return list(cols)
-    return cols[0] if cols else "folder"
-
-
-def _known(value, known: set[str]) -> bool:
-    """Whether every label of a raw value (one label, or a list of them) is in ``known``."""
-    from ulmfit.data.labels import _class_name, _is_missing
-
-    items = value if isinstance(value, (list, tuple)) else [value]
-    return all(_is_missing(v) or _class_name(v) in known for v in items)
-
-
-def read_labels(
-    spec,
-    classes: list[str] | None = None,
-    limit: int | None = None,
-    kind: str | None = None,
-):
-    """``(texts, LabelSet, rows, dropped)`` of ``spec``, checked: a label outside ``classes``
-    is a UserError naming it and its row. ``kind`` forces the kind of target (default:
-    inferred). ``limit`` keeps a sample of ``limit`` rows (dry runs, see
-    :func:`dry_run_sample`; then rows of classes outside ``classes`` are dropped rather than
-    refused, as a small sample rarely has every class)."""
-    from ulmfit.baselines import _read
-    from ulmfit.data.labels import encode_labels, infer_label_kind
-
-    texts, raw, rows, _ = _read(spec)
-    kind = infer_label_kind(spec, kind, raw=raw)
-    if kind == "none":
-        raise UserError(f"{spec.path}: no labels (give the label column, e.g. --label-col)")
-    if kind == "float":
-        classes = None
-    dropped = 0
-    if limit is not None:
-        keep = dry_run_sample(raw, kind, limit)
-        texts, raw, rows = [texts[i] for i in keep], [raw[i] for i in keep], [rows[i] for i in keep]
-        several = len(spec.label_cols or []) > 1
-        if classes is not None and not several:
-            known = set(classes)
-            keep = [i for i, v in enumerate(raw) if _known(v, known)]
-            dropped = len(raw) - len(keep)
-            texts, raw, rows = (
-                [texts[i] for i in keep],
-                [raw[i] for i in keep],
-                [rows[i] for i in keep],
-            )
-    if not texts:
-        raise UserError(f"{spec.path}: no rows with text")
-    labels = encode_labels(raw, kind, rows, str(spec.path), _label_col(spec), classes=classes)
-    return texts, labels, rows, dropped
-
-
-def dry_run_sample(raw: list, kind: str, limit: int, seed: int = 0) -> list[int]:
-    """The rows a dry run reads, in input order. Single-label: up to ``limit`` rows spread
-    over every class (one row of each class in turn, each class's rows in a seeded random
-    order), because files are often sorted by class (IMDb, any folder per class) and their
-    first rows would all have one class. Multi-label and numeric targets: a seeded random
-    sample. Either way the same rows every time."""
-    from ulmfit.data.labels import _class_name
-
-    n = len(raw)
-    if n <= limit:
-        return list(range(n))
-    rng = np.random.default_rng(seed)
-    if kind != "single" or any(isinstance(v, (list, tuple)) for v in raw):
-        return sorted(rng.choice(n, size=limit, replace=False).tolist())
-    groups: dict[str, list[int]] = {}
-    for i, v in enumerate(raw):
-        groups.setdefault(_class_name(v) if v is not None else "", []).append(i)
-    queues = [rng.permutation(g).tolist() for g in groups.values()]
-    picked: list[int] = []
-    while len(picked) < limit:
-        for q in queues:
-            if q and len(picked) < limit:
-                picked.append(q.pop())
-    return sorted(picked)
-
-
 def check_training_labels(labels, path: str) -> None:
     """A LabelSet or LabelledDocs of training rows: see
     :func:`ulmfit.data.labels.check_training_labels`."""
@@ -256,6 +182,7 @@ def read_labelled(
 ) -> LabelledDocs:
     """Read, tokenize (cached) and label ``spec`` (see :func:`read_labels`); ids in
     ``vocab`` (unknown -> 0), each document reversed for a backward model."""
+    from ulmfit.data.labels import read_labels
     from ulmfit.tasks.language_model import (
         read_token_corpus,
         reverse_docs,
@@ -319,7 +246,7 @@ def _subset(d: LabelledDocs, idx: np.ndarray) -> LabelledDocs:
 
 
 # ----------------------------------------------------------------------------------------
-# The exported classifier directory
+# The classifier model
 # ----------------------------------------------------------------------------------------
 
 
@@ -337,324 +264,12 @@ def build_classifier(vocab_sz: int, n_out: int, arch, cfg: ClassifierConfig):
     )
 
 
-def write_classifier_files(
-    folder: Path,
-    model,
-    vocab: list[str],
-    classes: list[str],
-    arch,
-    cfg,
-    meta: dict,
-    *,
-    kind: str = "single",
-    n_out: int | None = None,
-    extra: dict | None = None,
-    direction: str = "fwd",
-) -> dict:
-    from safetensors.torch import save_file
-
-    from ulmfit.models.io import tokenizer_settings
-    from ulmfit.tasks.language_model import _jsonable
-
-    state = model.state_dict()
-    state.pop(_EMB_DP, None)  # the same tensor as the embedding
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    from ulmfit import __version__
-
-    config = {
-        "format_version": FORMAT_VERSION,
-        "task": TASK,
-        "label_kind": kind,
-        "classes": list(classes),
-        "n_out": len(classes) if n_out is None else n_out,
-        **(extra or {}),
-        "architecture": {"name": "AWD_LSTM", **arch.to_dict()},
-        "classifier": {
-            "drop_mult": cfg.drop_mult,
-            "bptt": cfg.bptt,
-            "max_len": cfg.max_len,
-            "lin_ftrs": [50],
-        },
-        "vocab_size": len(vocab),
-        "direction": direction,
-        "tokenizer": tokenizer_settings(),
-        "ulmfit_version": __version__,
-        "torch_version": torch.__version__,
-        "config": _jsonable(cfg),
-        "meta": meta,
-    }
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "vocab.json").write_text(json.dumps(list(vocab), ensure_ascii=False), "utf-8")
-    (folder / "config.json").write_text(json.dumps(config, indent=1), "utf-8")
-    return config
-
-
-def model_dir_of(path: Path | str) -> Path:
-    """A run folder (``RUN/model`` inside) or a classifier model directory itself."""
-    path = Path(path)
-    if (path / MODEL_DIR / "config.json").is_file():
-        return path / MODEL_DIR
-    return path
-
-
-def load_classifier(path: Path | str):
-    """``(model, vocab, config)`` of an exported classifier (a run folder or its model dir).
-    config.json is checked field by field and against the stored tensors' shapes before the
-    model is built, so a damaged or edited directory is one line, never a traceback."""
-    from ulmfit.models.awd_lstm import AWDLSTMConfig
-    from ulmfit.models.dirs import check_classifier_config, check_shapes
-    from ulmfit.models.io import read_tensors
-    from ulmfit.text.vocab import load_vocab
-
-    folder = model_dir_of(path)
-    file = folder / "config.json"
-    if not file.is_file():
-        raise UserError(f"{path}: not a classifier run or model directory (no {file.name})")
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{file}: cannot read ({e})") from None
-    except ValueError as e:
-        raise UserError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("task") != TASK:
-        task = config.get("task") if isinstance(config, dict) else None
-        raise UserError(f"{file}: task is {task!r}, expected {TASK!r}")
-    check_classifier_config(config, file)
-    vocab = load_vocab(folder / "vocab.json")
-    if len(vocab) != config["vocab_size"]:
-        raise UserError(
-            f"{folder}: vocab.json has {len(vocab)} tokens, config.json {config['vocab_size']}"
-        )
-    try:
-        arch = AWDLSTMConfig(**{k: v for k, v in config["architecture"].items() if k != "name"})
-    except TypeError as e:
-        raise UserError(f"{file}: bad architecture ({e})") from None
-    c = config["classifier"]
-    if problem := arch.drop_mult_problem(c["drop_mult"]):
-        raise UserError(f"{file}: classifier.{problem}")
-    cfg = ClassifierConfig(drop_mult=c["drop_mult"], bptt=c["bptt"], max_len=c["max_len"])
-    with torch.device("meta"):  # the shapes config.json implies, allocating nothing
-        expected = build_classifier(len(vocab), config["n_out"], arch, cfg).state_dict()
-    expected.pop(_EMB_DP, None)
-    tensors = read_tensors(folder / "model.safetensors")
-    check_shapes(expected, tensors, folder / "model.safetensors")
-    model = build_classifier(len(vocab), config["n_out"], arch, cfg)
-    model.load_state_dict({**tensors, _EMB_DP: tensors[_EMB]}, strict=True)
-    model.eval()
-    return model, vocab, config
-
-
-# ----------------------------------------------------------------------------------------
-# Prediction and metrics
-# ----------------------------------------------------------------------------------------
-
-
-def predict_logits(
-    model, docs: LabelledDocs, bs: int = 64, device: str | None = None, amp: str = "auto"
-):
-    """Logits ``(n_docs, n_out)`` in input order (sorted batches, order restored). On a GPU
-    the forward pass runs under the same mixed precision as training (``amp``, see
-    :func:`ulmfit.train.learner.amp_plan`), with batches copied ahead of use; on a CPU in
-    full precision."""
-    import contextlib
-
-    from ulmfit.loaders import ClassifierLoader, restore_order
-    from ulmfit.train.learner import amp_plan, device_batches
-
-    dev = torch.device(device or next(model.parameters()).device)
-    model.to(dev).eval()
-    loader = ClassifierLoader(docs.ids, docs.offsets, None, bs=bs, train=False, max_len=None)
-    dtype = amp_plan(dev.type, amp).dtype
-    autocast = (
-        torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    )
-    out = []
-    with torch.inference_mode(), autocast:
-        for x, _, idx in device_batches(loader, dev):
-            out.append((idx, model(x).float().cpu()))
-    return restore_order(out, len(docs)).numpy()
-
-
-def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
-    """``m[i, j]``: documents of true class i predicted as class j."""
-    m = np.zeros((n, n), dtype=np.int64)
-    np.add.at(m, (y_true, y_pred), 1)
-    return m
-
-
-def _per_class(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
-    """Precision, recall, F1 and support of each class (or label, for 0/1 matrices)."""
-    from sklearn.metrics import precision_recall_fscore_support
-
-    p, r, f, s = precision_recall_fscore_support(
-        y_true, y_pred, labels=list(range(len(classes))), average=None, zero_division=0
-    )
-    return {
-        c: {
-            "precision": float(p[k]),
-            "recall": float(r[k]),
-            "f1": float(f[k]),
-            "support": int(s[k]),
-        }
-        for k, c in enumerate(classes)
-    }
-
-
-def metrics_of(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
-    """n, accuracy, error_rate, macro_f1, per_class (precision, recall, f1, support) and the
-    confusion matrix (rows: true class, columns: predicted), names as in ``classes``."""
-    from ulmfit.baselines import single_label_metrics
-
-    m = single_label_metrics(y_true, y_pred, classes)
-    per_class = _per_class(y_true, y_pred, classes)
-    return {
-        "n": int(len(y_true)),
-        "accuracy": m["accuracy"],
-        "error_rate": m["error_rate"],
-        "macro_f1": m["macro_f1"],
-        "per_class": per_class,
-        "classes": list(classes),
-        "confusion": confusion(y_true, y_pred, len(classes)).tolist(),
-    }
-
-
-THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
-SUMMARY_KEYS = {
-    "single": ("n", "accuracy", "error_rate", "macro_f1"),
-    "multi": ("n", "micro_f1", "macro_f1", "roc_auc"),
-    "float": ("n", "mae", "rmse"),
-}
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
-
-
-def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, grid=THRESHOLD_GRID) -> np.ndarray:
-    """One threshold per label: the grid value maximizing that label's F1 (ties: the one
-    closest to 0.5; a label with no positive row keeps 0.5)."""
-    y = np.asarray(y_true).astype(bool)
-    out = np.full(y.shape[1], 0.5)
-    order = sorted((float(t) for t in grid), key=lambda t: (abs(t - 0.5), t))
-    for k in range(y.shape[1]):
-        if not y[:, k].any():
-            continue
-        best, best_f = 0.5, -1.0
-        for t in order:
-            pred = probs[:, k] >= t
-            tp = int(np.sum(pred & y[:, k]))
-            wrong = int(np.sum(pred != y[:, k]))
-            f = 2 * tp / (2 * tp + wrong) if tp else 0.0
-            if f > best_f + 1e-12:
-                best, best_f = t, f
-        out[k] = best
-    return out
-
-
-def multi_metrics(
-    y_true: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, classes: list[str]
-) -> dict:
-    """n, micro_f1, macro_f1, roc_auc (mean over labels with both classes present, None if
-    none), per_class (precision, recall, f1, support, threshold) and per_class_f1."""
-    from ulmfit.baselines import multi_label_metrics
-
-    y_true = np.asarray(y_true).astype(int)
-    pred = (probs >= np.asarray(thresholds)[None, :]).astype(int)
-    m = multi_label_metrics(y_true, pred, probs, classes)
-    per_class = _per_class(y_true, pred, classes)
-    for k, c in enumerate(classes):
-        per_class[c]["threshold"] = float(thresholds[k])
-    auc = m["mean_auc"]
-    return {
-        "n": int(len(y_true)),
-        "micro_f1": m["micro_f1"],
-        "macro_f1": m["macro_f1"],
-        "roc_auc": None if np.isnan(auc) else auc,
-        "auc_labels": m["auc_labels"],
-        "per_class": per_class,
-        "per_class_f1": m["per_class_f1"],
-        "classes": list(classes),
-    }
-
-
-def regression_of(y_true: np.ndarray, pred: np.ndarray, targets: list[str]) -> dict:
-    """n, mae, rmse over every target, and per_target when there are several."""
-    from ulmfit.baselines import regression_metrics
-
-    m = {"n": int(len(y_true)), **regression_metrics(y_true, pred), "targets": list(targets)}
-    if y_true.ndim == 2 and y_true.shape[1] > 1:
-        m["per_target"] = {
-            t: regression_metrics(y_true[:, j], pred[:, j]) for j, t in enumerate(targets)
-        }
-    return m
-
-
-def predictions_of(kind: str, logits: np.ndarray, labels: np.ndarray, config: dict):
-    """``(metrics, predictions)`` of a model's outputs, as its ``config`` says to read them."""
-    classes = config["classes"]
-    if kind == "multi":
-        thr = np.asarray([config["thresholds"][c] for c in classes], dtype=np.float64)
-        probs = sigmoid(logits)
-        m = multi_metrics(labels, probs, thr, classes)
-        hits = probs >= thr[None, :]
-        return m, [[c for c, h in zip(classes, row) if h] for row in hits]
-    if kind == "float":
-        pred = logits[:, 0] if labels.ndim == 1 else logits
-        m = regression_of(labels, pred, config.get("targets") or [])
-        return m, pred.tolist()
-    pred = logits.argmax(1)
-    return metrics_of(labels, pred, classes), [classes[k] for k in pred]
-
-
-def write_report_files(folder: Path, m: dict, prefix: str = "") -> None:
-    """``per_class.csv`` and ``confusion.png`` (best effort) for metrics ``m`` (neither for
-    a numeric target; no confusion matrix for multi-label)."""
-    import csv
-
-    if "per_class" not in m:
-        return
-
-    with open(folder / f"{prefix}per_class.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["class", "precision", "recall", "f1", "support"])
-        for c, v in m["per_class"].items():
-            w.writerow(
-                [c, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}"]
-                + [v["support"]]
-            )
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is a dependency
-        return
-    if "confusion" not in m:
-        return
-    cm = np.asarray(m["confusion"])
-    k = len(m["classes"])
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1.0 + 0.6 * k))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(k), m["classes"], rotation=90)
-    ax.set_yticks(range(k), m["classes"])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    if k <= 30:
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / f"{prefix}confusion.png", dpi=80)
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------
 
 
 WORK_DIR = ".classifier-train"  # checkpoint and logs while a classifier trains
-VALID_OUTPUTS = "valid_outputs.npz"  # rows, logits, labels of the validation documents
 _STAGE_FILE = "stage_key"
 
 
@@ -714,9 +329,8 @@ def fit_classifier(
     of everything the result depends on) is given and an interrupted run with the same key is
     found there, it continues from its last checkpoint instead of starting over."""
     from ulmfit.models.classifier import load_encoder
-    from ulmfit.models.io import load_model_dir, staged_dir
-    from ulmfit.tasks.language_model import split_docs
-    from ulmfit.train import ClassifierTask, Learner, TrainConfig, distributed
+    from ulmfit.models.io import load_model_dir
+    from ulmfit.train import distributed
     from ulmfit.train.learner import CHECKPOINT
 
     cfg = cfg or ClassifierConfig()
@@ -730,6 +344,40 @@ def fit_classifier(
         distributed.on_main(lambda: _check_target(out_dir))
     lm, vocab, lm_config = load_model_dir(lm_dir)
     direction = lm_config.get("direction", "fwd")
+    train, valid = _read_train_valid(train_spec, valid_spec, vocab, cfg, direction)
+    _say(
+        cfg,
+        f"classifier ({direction}): {len(train)} training, {len(valid)} validation documents, "
+        f"{train.kind} target, {n_outputs(train)} outputs, unknown tokens {100 * train.unk_rate:.2f}%",
+    )
+    loaders = _loaders(train, valid, cfg, dist)
+    torch.manual_seed(cfg.seed)
+    arch = classifier_arch(lm_config["architecture"])
+    model = build_classifier(len(vocab), n_outputs(train), arch, cfg)
+    load_encoder(model, lm)
+    del lm
+    dev = str(distributed.device_for(cfg.device, dist.local_rank))
+    work = out_dir / WORK_DIR
+    resume = distributed.on_main(lambda: _open_work(work, stage_key, cfg))
+    learn = _learner(model, loaders, train.kind, work, dev, cfg)
+    fit = _Fit(train_spec, valid_spec, lm_dir, out_dir, overwrite, cfg, train, valid, vocab, arch)
+    finished = False
+    try:
+        _train_stages(learn, cfg, resume)
+        result = distributed.on_main(lambda: _finish(fit, model, learn.history, direction, t0))
+        finished = True
+    finally:
+        # an interrupted run with a key keeps its checkpoint for the next attempt
+        if main and (finished or stage_key is None or not (work / CHECKPOINT).exists()):
+            shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _read_train_valid(train_spec, valid_spec, vocab: list[str], cfg: ClassifierConfig, direction):
+    """The training and validation documents: ``valid_spec`` read with the training classes,
+    or a seeded ``cfg.valid_pct`` of the training rows."""
+    from ulmfit.tasks.language_model import split_docs
+
     limit = DRY_RUN_ROWS if cfg.dry_run else None
     train = read_labelled(train_spec, vocab, cfg, limit=limit, direction=direction)
     check_training_labels(train, train.path)
@@ -748,12 +396,12 @@ def fit_classifier(
             raise UserError("give a validation file or a valid_pct above 0")
         tr_idx, va_idx = split_docs(len(train), cfg.valid_pct, cfg.seed)
         train, valid = _subset(train, tr_idx), _subset(train, va_idx)
-    _say(
-        cfg,
-        f"classifier ({direction}): {len(train)} training, {len(valid)} validation documents, "
-        f"{train.kind} target, {n_outputs(train)} outputs, unknown tokens {100 * train.unk_rate:.2f}%",
-    )
+    return train, valid
 
+
+def _loaders(train: LabelledDocs, valid: LabelledDocs, cfg: ClassifierConfig, dist) -> tuple:
+    """Sortish training batches (a few of them in a dry run) and length-sorted validation
+    batches, each rank its share."""
     from ulmfit.loaders import ClassifierLoader, FewBatches
 
     train_loader = ClassifierLoader(
@@ -779,16 +427,14 @@ def fit_classifier(
     )
     if cfg.dry_run:
         train_loader = FewBatches(train_loader, DRY_RUN_BATCHES)
+    return train_loader, valid_loader
 
-    torch.manual_seed(cfg.seed)
-    arch = classifier_arch(lm_config["architecture"])
-    n_out = n_outputs(train)
-    model = build_classifier(len(vocab), n_out, arch, cfg)
-    load_encoder(model, lm)
-    del lm
-    dev = str(distributed.device_for(cfg.device, dist.local_rank))
-    work = out_dir / WORK_DIR
-    resume = distributed.on_main(lambda: _open_work(work, stage_key, cfg))
+
+def _learner(model, loaders: tuple, kind: str, work: Path, dev: str, cfg: ClassifierConfig):
+    """The Learner of the classifier stage: fastai's classifier settings (no clipping), AR/TAR
+    on the encoder outputs, its checkpoint and logs in ``work``."""
+    from ulmfit.train import ClassifierTask, Learner, TrainConfig
+
     tc = TrainConfig(
         moms=tuple(cfg.moms),
         wd=cfg.wd,
@@ -799,114 +445,140 @@ def fit_classifier(
         progress=cfg.progress,
         verbose=cfg.verbose,
     )
-    learn = Learner(
+    return Learner(
         model,
-        train_loader,
-        valid_loader,
-        ClassifierTask(loss_for(train.kind), alpha=cfg.alpha, beta=cfg.beta),
+        *loaders,
+        ClassifierTask(loss_for(kind), alpha=cfg.alpha, beta=cfg.beta),
         out_dir=work,
         config=tc,
     )
+
+
+def _train_stages(learn, cfg: ClassifierConfig, resume: bool) -> None:
+    """fastai's gradual unfreezing (:data:`UNFREEZING_STAGES`); ``resume`` continues an
+    interrupted run from its checkpoint."""
     moms, n_groups = tuple(cfg.moms), len(learn.groups)
-    finished = False
-    try:
-        for frozen, share in UNFREEZING_STAGES:
-            rate = cfg.lr * share
-            if frozen is None:
-                learn.unfreeze()
-                epochs = 1 if cfg.dry_run else cfg.epochs
-                learn.fit_one_cycle(epochs, slice(rate / LR_SPREAD, rate), moms=moms, resume=resume)
-            elif frozen == -1:  # the head alone: one rate
-                learn.freeze_to(-1)
-                learn.fit_one_cycle(1, rate, moms=moms, resume=resume)
-            elif n_groups > -frozen:  # (a shallower model has fewer stages)
-                learn.freeze_to(frozen)
-                learn.fit_one_cycle(1, slice(rate / LR_SPREAD, rate), moms=moms, resume=resume)
+    for frozen, share in UNFREEZING_STAGES:
+        rate = cfg.lr * share
+        if frozen is None:
+            learn.unfreeze()
+            epochs = 1 if cfg.dry_run else cfg.epochs
+            learn.fit_one_cycle(epochs, slice(rate / LR_SPREAD, rate), moms=moms, resume=resume)
+        elif frozen == -1:  # the head alone: one rate
+            learn.freeze_to(-1)
+            learn.fit_one_cycle(1, rate, moms=moms, resume=resume)
+        elif n_groups > -frozen:  # (a shallower model has fewer stages)
+            learn.freeze_to(frozen)
+            learn.fit_one_cycle(1, slice(rate / LR_SPREAD, rate), moms=moms, resume=resume)
 
-        def finish() -> dict:  # rank 0: predict, report and publish; the others wait
-            logits = predict_logits(model, valid, bs=cfg.bs)
-            extra: dict = {
-                "label_cols": list(train_spec.label_cols or []),
-                "label_delim": train_spec.label_delim,
-                "text_cols": list(train_spec.text_cols or []),
-            }
-            if train.kind == "multi":
-                # one threshold per label, tuned on the validation set; the metrics use them
-                thr = tune_thresholds(valid.labels, sigmoid(logits))
-                extra["thresholds"] = {c: float(t) for c, t in zip(train.classes, thr)}
-            elif train.kind == "float":
-                extra["targets"] = list(train.cols or [])
-            m, _ = predictions_of(
-                train.kind, logits, valid.labels, {"classes": train.classes, **extra}
-            )
-            headline = {k: m[k] for k in SUMMARY_KEYS[train.kind]}
-            report = {
-                "task": "fit_classifier",
-                "lm": str(lm_dir),
-                "train": {"path": train.path, "docs": len(train), "unk_rate": train.unk_rate},
-                "valid": {
-                    "path": valid.path if valid_spec is not None else f"{cfg.valid_pct} of train",
-                    "docs": len(valid),
-                    "dropped_unseen_class": valid.dropped,
-                },
-                "direction": direction,
-                "label_kind": train.kind,
-                "classes": train.classes,
-                "valid_metrics": m,
-                "history": learn.history,
-                "config": _config_json(cfg),
-                "dry_run": cfg.dry_run,
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
-            meta = {"trained": "fit_classifier", "lm": str(lm_dir), "valid": headline}
-            out_dir.mkdir(parents=True, exist_ok=True)
-            with staged_dir(out_dir / MODEL_DIR, overwrite=overwrite) as tmp:
-                write_classifier_files(
-                    tmp,
-                    model,
-                    vocab,
-                    train.classes,
-                    arch,
-                    cfg,
-                    meta,
-                    kind=train.kind,
-                    n_out=n_out,
-                    extra=extra,
-                    direction=direction,
-                )
 
-            def _report(tmp: Path) -> None:
-                (tmp / "metrics.json").write_text(json.dumps(report, indent=1), "utf-8")
-                # raw validation outputs, so that an ensemble can be scored without re-predicting
-                np.savez(tmp / VALID_OUTPUTS, rows=valid.rows, logits=logits, labels=valid.labels)
-                write_report_files(tmp, m)
-                (tmp / "train").mkdir()
-                for f in work.iterdir():
-                    if f.suffix != ".pt":  # the checkpoint is a pickle: not kept
-                        shutil.move(str(f), tmp / "train" / f.name)
+@dataclass
+class _Fit:
+    """What the end of a classifier run reports and publishes."""
 
-            with staged_dir(
-                out_dir / REPORT_DIR, overwrite=clear_report(out_dir, overwrite)
-            ) as tmp:
-                _report(tmp)
-            return {
-                "out": str(out_dir),
-                "model": str(out_dir / MODEL_DIR),
-                "report": str(out_dir / REPORT_DIR / "metrics.json"),
-                "label_kind": train.kind,
-                "classes": train.classes,
-                **({"thresholds": extra["thresholds"]} if "thresholds" in extra else {}),
-                "valid": headline,
-                "seconds": report["seconds"],
-            }
+    train_spec: object
+    valid_spec: object
+    lm_dir: Path | str
+    out_dir: Path
+    overwrite: bool
+    cfg: ClassifierConfig
+    train: LabelledDocs
+    valid: LabelledDocs
+    vocab: list[str]
+    arch: object
 
-        result = distributed.on_main(finish)
-        finished = True
-    finally:
-        # an interrupted run with a key keeps its checkpoint for the next attempt
-        if main and (finished or stage_key is None or not (work / CHECKPOINT).exists()):
-            shutil.rmtree(work, ignore_errors=True)
-    return result
+
+def _finish(fit: _Fit, model, history: list, direction: str, t0: float) -> dict:
+    """Rank 0: predict the validation set, report and publish; the other ranks wait."""
+    train, valid = fit.train, fit.valid
+    logits = predict_logits(model, valid, bs=fit.cfg.bs)
+    extra = _label_settings(fit.train_spec, train, valid, logits)
+    m, _ = predictions_of(train.kind, logits, valid.labels, {"classes": train.classes, **extra})
+    headline = {k: m[k] for k in SUMMARY_KEYS[train.kind]}
+    report = _report_json(fit, m, history, direction, t0)
+    meta = {"trained": "fit_classifier", "lm": str(fit.lm_dir), "valid": headline}
+    fit.out_dir.mkdir(parents=True, exist_ok=True)
+    with staged_dir(fit.out_dir / MODEL_DIR, overwrite=fit.overwrite) as tmp:
+        write_classifier_files(
+            tmp,
+            model,
+            fit.vocab,
+            train.classes,
+            fit.arch,
+            _config_json(fit.cfg),
+            meta,
+            kind=train.kind,
+            n_out=n_outputs(train),
+            extra=extra,
+            direction=direction,
+        )
+    with staged_dir(
+        fit.out_dir / REPORT_DIR, overwrite=clear_report(fit.out_dir, fit.overwrite)
+    ) as tmp:
+        _write_report(tmp, report, valid, logits, m, fit.out_dir / WORK_DIR)
+    return {
+        "out": str(fit.out_dir),
+        "model": str(fit.out_dir / MODEL_DIR),
+        "report": str(fit.out_dir / REPORT_DIR / "metrics.json"),
+        "label_kind": train.kind,
+        "classes": train.classes,
+        **({"thresholds": extra["thresholds"]} if "thresholds" in extra else {}),
+        "valid": headline,
+        "seconds": report["seconds"],
+    }
+
+
+def _label_settings(train_spec, train: LabelledDocs, valid: LabelledDocs, logits) -> dict:
+    """What config.json says about the labels: the columns of training, and the thresholds
+    tuned on the validation set (multi-label) or the target names (regression)."""
+    extra: dict = {
+        "label_cols": list(train_spec.label_cols or []),
+        "label_delim": train_spec.label_delim,
+        "text_cols": list(train_spec.text_cols or []),
+    }
+    if train.kind == "multi":
+        # one threshold per label, tuned on the validation set; the metrics use them
+        thr = tune_thresholds(valid.labels, sigmoid(logits))
+        extra["thresholds"] = {c: float(t) for c, t in zip(train.classes, thr)}
+    elif train.kind == "float":
+        extra["targets"] = list(train.cols or [])
+    return extra
+
+
+def _report_json(fit: _Fit, m: dict, history: list, direction: str, t0: float) -> dict:
+    """The report's metrics.json: data, validation metrics, history and settings."""
+    train, valid, cfg = fit.train, fit.valid, fit.cfg
+    return {
+        "task": "fit_classifier",
+        "lm": str(fit.lm_dir),
+        "train": {"path": train.path, "docs": len(train), "unk_rate": train.unk_rate},
+        "valid": {
+            "path": valid.path if fit.valid_spec is not None else f"{cfg.valid_pct} of train",
+            "docs": len(valid),
+            "dropped_unseen_class": valid.dropped,
+        },
+        "direction": direction,
+        "label_kind": train.kind,
+        "classes": train.classes,
+        "valid_metrics": m,
+        "history": history,
+        "config": _config_json(cfg),
+        "dry_run": cfg.dry_run,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _write_report(tmp: Path, report: dict, valid: LabelledDocs, logits, m: dict, work: Path):
+    """Fill the staged report folder: metrics.json, the raw validation outputs (so that an
+    ensemble can be scored without re-predicting), the tables and plots, and the training
+    logs of ``work`` (not its checkpoint, a pickle)."""
+    (tmp / "metrics.json").write_text(json.dumps(report, indent=1), "utf-8")
+    np.savez(tmp / VALID_OUTPUTS, rows=valid.rows, logits=logits, labels=valid.labels)
+    write_report_files(tmp, m)
+    (tmp / "train").mkdir()
+    for f in work.iterdir():
+        if f.suffix != ".pt":  # the checkpoint is a pickle: not kept
+            shutil.move(str(f), tmp / "train" / f.name)
 
 
 def _config_json(cfg: ClassifierConfig) -> dict:
@@ -959,9 +631,6 @@ def evaluate(
     Single-label: accuracy, error_rate, macro_f1, per_class, confusion. Multi-label (with the
     thresholds stored at training): micro_f1, macro_f1, roc_auc, per_class, per_class_f1.
     Regression: mae, rmse (and per_target)."""
-    from ulmfit.devices import resolve_device
-    from ulmfit.tasks.ensemble import load_members, mean_outputs
-
     dev = resolve_device(device)
     config, members = load_members(run)
     classes = config["classes"]
@@ -997,9 +666,5 @@ __all__ = [
     "ClassifierConfig",
     "evaluate",
     "fit_classifier",
-    "load_classifier",
-    "metrics_of",
-    "multi_metrics",
-    "tune_thresholds",
     "read_labelled",
 ]

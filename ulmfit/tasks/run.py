@@ -50,13 +50,15 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ulmfit.data.labels import read_labels
 from ulmfit.errors import UserError
+from ulmfit.metrics import SUMMARY_KEYS, predictions_of, sigmoid, tune_thresholds
+from ulmfit.models.model_dir import MODEL_DIR
+from ulmfit.report import write_report_files
 from ulmfit.tasks.classifier import (
     _STAGE_FILE,
     LM_DIR,
-    MODEL_DIR,
     REPORT_DIR,
-    SUMMARY_KEYS,
     WORK_DIR,
     ClassifierConfig,
     _check_config,
@@ -64,11 +66,6 @@ from ulmfit.tasks.classifier import (
     clear_report,
     evaluate,
     fit_classifier,
-    predictions_of,
-    read_labels,
-    sigmoid,
-    tune_thresholds,
-    write_report_files,
 )
 
 STAGES_FILE = "stages.json"
@@ -394,7 +391,7 @@ def _ensemble_stage(out_dir: Path, names: list[str], stage: _Stage, cfg: Classif
     """RUN/model as the ensemble of RUN/<name>/model, scored on the shared validation rows
     (reused when its members are)."""
     from ulmfit.models.io import staged_dir
-    from ulmfit.tasks.ensemble import aligned_valid, mean_outputs, write_ensemble
+    from ulmfit.models.model_dir import aligned_valid, mean_outputs, write_ensemble
 
     report_file = out_dir / REPORT_DIR / "metrics.json"
     if _done(out_dir, stage.name, stage.key, out_dir / MODEL_DIR / "config.json", report_file):

@@ -8,7 +8,6 @@ from ulmfit.train.learner import (
     StepOutput,
     Task,
     TrainConfig,
-    plot_losses,
     read_jsonl,
 )
 from ulmfit.train.lr_find import LRFindResult, lr_find
@@ -27,7 +26,6 @@ __all__ = [
     "discriminative_lrs",
     "lr_find",
     "one_cycle",
-    "plot_losses",
     "read_jsonl",
     "stlr",
     "ulmfit_lrs",

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from ulmfit.atomic import atomic_write as _atomic_write  # the shared one
 from ulmfit.errors import UserError
+from ulmfit.report import plot_losses
 from ulmfit.train import distributed, optim
 from ulmfit.train.schedules import Schedule, ScheduleName
 
@@ -240,7 +241,7 @@ def amp_plan(device_type: str, mode: AmpMode, bf16_supported: bool | None = None
 
 
 # --------------------------------------------------------------------------------------
-# Files: jsonl logs, atomic writes, the loss plot
+# Files: jsonl logs, atomic writes
 # --------------------------------------------------------------------------------------
 
 
@@ -265,43 +266,6 @@ def _trim_jsonl(path: Path, keep: Callable[[dict], bool]) -> list[dict]:
     text = "".join(json.dumps(r) + "\n" for r in kept)
     _atomic_write(path, lambda f: f.write(text), "w")
     return kept
-
-
-def plot_losses(out_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
-    """Training loss per step (raw and smoothed) and validation loss per epoch, from the logs.
-
-    Uses matplotlib's object API with the Agg canvas: no pyplot global state, no display.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    out_dir = Path(out_dir)
-    path = Path(path) if path is not None else out_dir / LOSS_PLOT
-    steps = read_jsonl(out_dir / STEPS)
-    epochs = read_jsonl(out_dir / METRICS)
-    fig = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if steps:
-        xs = [r["global_step"] for r in steps]
-        ys = [r["loss"] for r in steps]
-        ax.plot(xs, ys, color="tab:blue", alpha=0.3, lw=0.8, label="train (step)")
-        avg, smooth = 0.0, []
-        for i, y in enumerate(ys):
-            avg = 0.98 * avg + 0.02 * y
-            smooth.append(avg / (1 - 0.98 ** (i + 1)))
-        ax.plot(xs, smooth, color="tab:blue", lw=1.5, label="train (smoothed)")
-    valid = [(r["global_step"], r["valid_loss"]) for r in epochs if "valid_loss" in r]
-    if valid:
-        ax.plot(*zip(*valid), "o-", color="tab:orange", label="valid (epoch)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    if steps or valid:
-        ax.legend()
-    fig.tight_layout()
-    _atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    return path
 
 
 # --------------------------------------------------------------------------------------
@@ -661,7 +625,8 @@ class Learner:
                     self.out_dir / CHECKPOINT, stage=stage, stage_epoch=e + 1, plan=plan
                 )
                 if c.plot:
-                    plot_losses(self.out_dir)
+                    logs = [read_jsonl(self.out_dir / f) for f in (STEPS, METRICS)]
+                    plot_losses(*logs, self.out_dir / LOSS_PLOT)
             self._say(self._summary(rec, epochs))
         return self
 
@@ -814,6 +779,5 @@ __all__ = [
     "TrainConfig",
     "amp_plan",
     "mean_metrics",
-    "plot_losses",
     "read_jsonl",
 ]

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from ulmfit.errors import UserError
+from ulmfit.report import plot_lr_find
 from ulmfit.train import optim
-from ulmfit.train.learner import _atomic_write, _rng_state, _set_rng_state
+from ulmfit.train.learner import _rng_state, _set_rng_state
 
 if TYPE_CHECKING:
     from ulmfit.train.learner import Learner
@@ -159,26 +160,5 @@ def lr_find(
     path: Path | None = None
     if plot:
         path = Path(plot) if not isinstance(plot, bool) else learner.out_dir / LR_FIND_PLOT
-        _plot(path, sel_lr, sel_loss, {"valley": suggestion, "steep": steep})
+        plot_lr_find(path, sel_lr, sel_loss, {"valley": suggestion, "steep": steep})
     return LRFindResult(lrs, smooth, raw, suggestion, steep, minimum, path)
-
-
-def _plot(path: Path, lrs: np.ndarray, losses: np.ndarray, marks: dict[str, float]) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(lrs, losses)
-    for (name, lr), color in zip(marks.items(), ("tab:red", "tab:green")):
-        ax.plot([lr], [np.interp(np.log(lr), np.log(lrs), losses)], "o", c=color, label=name)
-        ax.annotate(f"{lr:.1e}", (lr, np.interp(np.log(lr), np.log(lrs), losses)), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss (smoothed)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: fig.savefig(f, format="png"))
