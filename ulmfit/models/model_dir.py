@@ -268,7 +268,9 @@ def load_classifier(path: Path | str):
 
 def mean_outputs(kind: str, outputs: list[np.ndarray]) -> np.ndarray:
     """Average of the members' outputs ``(n, n_out)``, returned as logits of the mean
-    probability (single-label: log-probabilities; multi-label: per-label logits)."""
+    probability (single-label: log-probabilities; multi-label: per-label logits). Computed in
+    the members' own precision (float32), not through the float64 ``metrics.sigmoid`` /
+    ``predict.softmax``: an ensemble's thresholds were tuned on exactly these numbers."""
     if len(outputs) == 1:
         return outputs[0]
     if kind == "float":

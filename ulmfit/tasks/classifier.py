@@ -404,27 +404,11 @@ def _loaders(train: LabelledDocs, valid: LabelledDocs, cfg: ClassifierConfig, di
     batches, each rank its share."""
     from ulmfit.loaders import ClassifierLoader, FewBatches
 
+    each = {"bs": cfg.bs, "max_len": None, "rank": dist.rank, "world_size": dist.world_size}
     train_loader = ClassifierLoader(
-        train.ids,
-        train.offsets,
-        train.labels,
-        bs=cfg.bs,
-        train=True,
-        seed=cfg.seed,
-        max_len=None,
-        rank=dist.rank,
-        world_size=dist.world_size,
+        train.ids, train.offsets, train.labels, train=True, seed=cfg.seed, **each
     )
-    valid_loader = ClassifierLoader(
-        valid.ids,
-        valid.offsets,
-        valid.labels,
-        bs=cfg.bs,
-        train=False,
-        max_len=None,
-        rank=dist.rank,
-        world_size=dist.world_size,
-    )
+    valid_loader = ClassifierLoader(valid.ids, valid.offsets, valid.labels, train=False, **each)
     if cfg.dry_run:
         train_loader = FewBatches(train_loader, DRY_RUN_BATCHES)
     return train_loader, valid_loader
