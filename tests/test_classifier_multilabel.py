@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from ulmfit.cli import main
+from ulmfit.config import AWDLSTMConfig, ClassifierConfig
 from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
-from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+from ulmfit.models.awd_lstm import LanguageModel
 from ulmfit.models.io import save_model_dir
 from ulmfit.tasks.classifier import (
-    ClassifierConfig,
     evaluate,
     fit_classifier,
     load_classifier,

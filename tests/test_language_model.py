@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from conftest import DATA, FIXTURES, SHARED, need
 
 from ulmfit.cli import main
+from ulmfit.config import AWDLSTMConfig
 from ulmfit.errors import UserError
-from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+from ulmfit.models.awd_lstm import LanguageModel
 from ulmfit.models.io import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -528,7 +529,7 @@ def test_cli_defaults_are_the_config_defaults():
     from dataclasses import fields
 
     from ulmfit.cli import LM_DEFAULTS
-    from ulmfit.tasks.language_model import FinetuneLMConfig, PretrainConfig
+    from ulmfit.config import FinetuneLMConfig, PretrainConfig
 
     for command, cls in (("pretrain", PretrainConfig), ("finetune-lm", FinetuneLMConfig)):
         defaults = {f.name: f.default for f in fields(cls)}

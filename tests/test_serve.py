@@ -14,8 +14,9 @@ from test_predict import tiny_models
 
 import ulmfit
 from ulmfit.cli import SERVE_DEFAULTS
+from ulmfit.config import ServeLimits
 from ulmfit.errors import UserError
-from ulmfit.serve import Busy, ModelWorker, ServeLimits, create_app, listen, make_server
+from ulmfit.serve import Busy, ModelWorker, create_app, listen, make_server
 
 SMALL = ServeLimits(max_texts=4, max_chars=200, max_body_bytes=2_000)
 JSON = {"content-type": "application/json"}

@@ -24,8 +24,9 @@ from typing import Any
 
 from torch import Tensor
 
+from ulmfit.config import AWDLSTMConfig
 from ulmfit.errors import UserError, one_line
-from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+from ulmfit.models.awd_lstm import LanguageModel
 from ulmfit.models.dirs import check_shapes
 
 MODEL_FILE = "model.safetensors"

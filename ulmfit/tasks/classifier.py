@@ -57,9 +57,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ulmfit.config import CLASSIFIER_CONFIG, AWDLSTMConfig, ClassifierConfig, TrainConfig
 from ulmfit.devices import resolve_device
 from ulmfit.errors import UserError
-from ulmfit.models.awd_lstm import CLASSIFIER_CONFIG
 
 MODEL_DIR = "model"
 LM_DIR = "lm"
@@ -70,32 +70,6 @@ DRY_RUN_ROWS = 64  # rows read from each input by a dry run
 DRY_RUN_BATCHES = 2  # optimizer steps per epoch in a dry run
 _EMB_DP = "encoder.module.encoder_dp.emb.weight"
 _EMB = "encoder.module.encoder.weight"
-
-
-@dataclass
-class ClassifierConfig:
-    """fastai's IMDb classifier recipe (``text_classifier_learner``, gradual unfreezing)."""
-
-    lr: float = 2e-2  # peak rate of the first (head-only) stage
-    epochs: int = 2  # epochs of the last, unfrozen stage
-    bs: int = 64
-    drop_mult: float = 0.5
-    wd: float = 0.01
-    moms: tuple[float, float, float] = (0.8, 0.7, 0.8)
-    alpha: float = 2.0  # AR on the encoder outputs of real tokens (fastai's TextLearner)
-    beta: float = 1.0  # TAR on them
-    bptt: int = 72
-    max_len: int = 72 * 20
-    valid_pct: float = 0.1  # used when no validation file is given
-    seed: int = 42
-    workers: int = 0
-    cache_dir: Path | None = None
-    device: str | None = None
-    compile: bool = False  # train through torch.compile (GPU; the first steps compile)
-    label_kind: str | None = None  # "single" | "multi" | "float"; None: inferred
-    dry_run: bool = False
-    progress: bool | None = None
-    verbose: bool = True
 
 
 # fastai's IMDb recipe of gradual unfreezing: (layer groups trained, None = all; peak rate as a
@@ -401,7 +375,6 @@ def load_classifier(path: Path | str):
     """``(model, vocab, config)`` of an exported classifier (a run folder or its model dir).
     config.json is checked field by field and against the stored tensors' shapes before the
     model is built, so a damaged or edited directory is one line, never a traceback."""
-    from ulmfit.models.awd_lstm import AWDLSTMConfig
     from ulmfit.models.dirs import check_classifier_config, check_shapes
     from ulmfit.models.io import read_tensors
     from ulmfit.text.vocab import load_vocab
@@ -716,7 +689,7 @@ def fit_classifier(
     from ulmfit.models.classifier import load_encoder
     from ulmfit.models.io import load_model_dir, staged_dir
     from ulmfit.tasks.language_model import split_docs
-    from ulmfit.train import ClassifierTask, Learner, TrainConfig, distributed
+    from ulmfit.train import ClassifierTask, Learner, distributed
     from ulmfit.train.learner import CHECKPOINT
 
     cfg = cfg or ClassifierConfig()

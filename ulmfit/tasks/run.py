@@ -50,6 +50,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ulmfit.config import ClassifierConfig, FinetuneLMConfig
 from ulmfit.errors import UserError
 from ulmfit.tasks.classifier import (
     _STAGE_FILE,
@@ -58,7 +59,6 @@ from ulmfit.tasks.classifier import (
     REPORT_DIR,
     SUMMARY_KEYS,
     WORK_DIR,
-    ClassifierConfig,
     _check_config,
     check_training_labels,
     clear_report,
@@ -83,8 +83,6 @@ _FREE = ("workers", "cache_dir", "device", "compile", "overwrite", "progress", "
 def lm_config_for(cfg: ClassifierConfig, **changes):
     """The language-model fine-tuning settings that go with a classifier run: same device,
     seed, workers, cache and output, fastai's LM defaults otherwise (``changes`` override)."""
-    from ulmfit.tasks.language_model import FinetuneLMConfig
-
     return FinetuneLMConfig(
         device=cfg.device,
         compile=cfg.compile,

@@ -7,7 +7,6 @@ from ulmfit.train.learner import (
     LMTask,
     StepOutput,
     Task,
-    TrainConfig,
     plot_losses,
     read_jsonl,
 )
@@ -23,7 +22,6 @@ __all__ = [
     "Schedule",
     "StepOutput",
     "Task",
-    "TrainConfig",
     "discriminative_lrs",
     "lr_find",
     "one_cycle",
