@@ -3,24 +3,40 @@
 Torch-free (stdlib only), so the command line builds its options, their defaults and the
 defaults printed in ``--help`` from these fields without loading PyTorch or spaCy. A field
 that is a command-line option carries its help text beside it (``metadata["help"]``); the
-CLI appends the field's default to it. Where two configs share a default (bptt, moms, the
-vocabulary size, the seed) one names the other's field instead of repeating the number.
+CLI appends the field's default to it, and ``metadata["type"]`` is the range-checked type of
+:mod:`ulmfit.options` that reads it (``str`` when absent). Where two configs share a default
+(bptt, moms, the vocabulary size, the seed) one names the other's field instead of repeating
+the number.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from ulmfit import options
 from ulmfit.errors import UserError
+from ulmfit.text.rules import SPECIAL_TOKENS  # str rules only
 
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
 
 
-def setting(default: Any, help: str) -> Any:
-    """A field with its command-line help beside its default."""
-    return field(default=default, metadata={"help": help})
+def setting(default: Any, help: str, type: Callable[[str], Any] | None = None, **argparse) -> Any:
+    """A field that is a command-line option: its help, the type that reads and range-checks
+    it, and any other argparse setting (``flag``, ``metavar``, ``choices``) beside its default."""
+    return field(default=default, metadata={"help": help, "type": type, **argparse})
+
+
+def like(cls: type, name: str, default: Any = MISSING, **changes: Any) -> Any:
+    """The option field ``name`` of ``cls`` again in a subclass, with another default, help or
+    type (its place in the field order, and so in every ``asdict``, stays the base's)."""
+    base = next(f for f in fields(cls) if f.name == name)
+    return field(
+        default=base.default if default is MISSING else default,
+        metadata={**base.metadata, **changes},
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -32,20 +48,22 @@ def setting(default: Any, help: str) -> Any:
 class VocabConfig:
     """fastai's defaults: at most 60,000 tokens, each seen at least 3 times."""
 
-    max_vocab: int = setting(60000, "vocabulary size cap (fastai's)")
-    min_freq: int = setting(3, "minimum count to enter the vocabulary")
+    max_vocab: int = setting(
+        60000, "vocabulary size cap", options.int_at_least(len(SPECIAL_TOKENS))
+    )
+    min_freq: int = setting(3, "minimum count to enter the vocabulary", options.int_at_least(1))
 
 
 @dataclass
 class PrepareConfig:
     """Every setting of ``prepare``; the ones that change the output are in the cache keys."""
 
-    workers: int = setting(0, "processes (0: all cores)")
-    chunk_docs: int = setting(1000, "documents per worker task")
+    workers: int = setting(0, "processes, 0 for all cores", options.int_at_least(0))
+    chunk_docs: int = setting(1000, "documents per worker task", options.int_at_least(1))
     vocab: VocabConfig = field(default_factory=VocabConfig)
     label_kind: str | None = None  # None = inferred (single / multi / float)
     cache_dir: Path | None = setting(
-        None, "cache folder (default: $ULMFIT_CACHE or ~/.cache/ulmfit)"
+        None, "cache folder (default: $ULMFIT_CACHE or ~/.cache/ulmfit)", Path
     )
     progress: bool | None = None  # None = only when stderr is a terminal
 
@@ -59,9 +77,9 @@ class PrepareConfig:
 class AWDLSTMConfig:
     """fastai's ``awd_lstm_lm_config``; ``scaled(drop_mult)`` gives the dropouts actually used."""
 
-    emb_sz: int = setting(400, "embedding size")
-    n_hid: int = setting(1152, "LSTM hidden size")
-    n_layers: int = setting(3, "LSTM layers")
+    emb_sz: int = 400
+    n_hid: int = 1152
+    n_layers: int = 3
     pad_token: int = 1
     output_p: float = 0.1
     hidden_p: float = 0.15
@@ -145,18 +163,22 @@ class TrainConfig:
 class LMTrainConfig:
     """Settings shared by pretraining and fine-tuning (fastai's defaults unless noted)."""
 
-    bs: int = setting(64, "batch size in streams")
-    bptt: int = setting(70, "tokens per step")
-    lr: float = setting(2e-3, "peak learning rate of the (last) one-cycle")
-    epochs: int = setting(10, "epochs")
-    drop_mult: float = setting(0.3, "scales all of AWD-LSTM's dropouts")
-    wd: float = setting(TrainConfig.wd, "decoupled weight decay")
+    bs: int = setting(64, "batch size in streams", options.int_at_least(1))
+    bptt: int = setting(70, "tokens per step", options.int_at_least(1))
+    lr: float = setting(2e-3, "peak learning rate of the one-cycle", options.positive_float)
+    epochs: int = setting(10, "epochs", options.int_at_least(1))
+    drop_mult: float = setting(0.3, "scales all of AWD-LSTM's dropouts", options.nonnegative_float)
+    wd: float = setting(TrainConfig.wd, "decoupled weight decay", options.nonnegative_float)
     moms: tuple[float, float, float] = TrainConfig.moms
     clip: float | None = TrainConfig.clip  # max gradient norm
     alpha: float = 2.0  # activation regularisation (AR)
     beta: float = 1.0  # temporal activation regularisation (TAR)
-    seed: int = setting(TrainConfig.seed, "seed of the split, shuffles and dropouts")
-    valid_pct: float = setting(0.1, "share of documents held out for validation")
+    seed: int = setting(
+        TrainConfig.seed, "seed of the split, shuffles and dropouts", options.int_at_least(0)
+    )
+    valid_pct: float = setting(
+        0.1, "share of documents held out for validation", options.fraction(low_open=False)
+    )
     max_vocab: int = VocabConfig.max_vocab
     min_freq: int = VocabConfig.min_freq
     workers: int = PrepareConfig.workers  # tokenizer processes (0 = all cores)
@@ -174,8 +196,13 @@ class FinetuneLMConfig(LMTrainConfig):
     """ULMFiT stage 2 as in fastai's IMDb example: ``freeze(); fit_one_cycle(1, 2e-2)``, then
     ``unfreeze(); fit_one_cycle(10, 2e-3)``, moms (0.8, 0.7, 0.8), drop_mult 0.3."""
 
-    frozen_epochs: int = setting(1, "epochs training only the last layer group")
-    frozen_lr: float = setting(2e-2, "peak learning rate while frozen")
+    epochs: int = like(LMTrainConfig, "epochs", help="epochs after unfreezing")
+    # fine-tuning reports held-out perplexity, so it needs held-out documents
+    valid_pct: float = like(LMTrainConfig, "valid_pct", type=options.fraction(low_open=True))
+    frozen_epochs: int = setting(
+        1, "epochs training only the last layer group", options.int_at_least(0)
+    )
+    frozen_lr: float = setting(2e-2, "peak learning rate while frozen", options.positive_float)
     # False: fastai's vocabulary, from the target texts only. True: every pretrained token
     # too, so words the target texts never (or rarely) show keep their pretrained rows.
     keep_pretrained_vocab: bool = False
@@ -189,11 +216,11 @@ class PretrainConfig(LMTrainConfig):
     as fastai's WT103 script (one-cycle, wd 0.1, clip 0.1), with drop_mult 0.3 and peak lr
     5e-3 at bs 64 (the shared wiki30k model used 1e-2 at bs 256 on the same corpus)."""
 
-    lr: float = 5e-3
-    wd: float = 0.1
-    emb_sz: int = AWDLSTMConfig.emb_sz
-    n_hid: int = AWDLSTMConfig.n_hid
-    n_layers: int = AWDLSTMConfig.n_layers
+    lr: float = like(LMTrainConfig, "lr", 5e-3)
+    wd: float = like(LMTrainConfig, "wd", 0.1)
+    emb_sz: int = setting(AWDLSTMConfig.emb_sz, "embedding size", options.int_at_least(1))
+    n_hid: int = setting(AWDLSTMConfig.n_hid, "LSTM hidden size", options.int_at_least(1))
+    n_layers: int = setting(AWDLSTMConfig.n_layers, "LSTM layers", options.int_at_least(1))
     backwards: bool = False
 
 
@@ -209,6 +236,7 @@ class LRFindConfig:
         "frozen",
         "--lr-find for the first stage (frozen: only the last layer group trains; pick "
         "--frozen-lr) or with every group trainable (pick --lr)",
+        choices=["frozen", "unfrozen"],
     )
     start_lr: float = 1e-7
     end_lr: float = 10.0
@@ -224,10 +252,10 @@ class LRFindConfig:
 class ClassifierConfig:
     """fastai's IMDb classifier recipe (``text_classifier_learner``, gradual unfreezing)."""
 
-    lr: float = setting(2e-2, "classifier peak rate of the first stage")
-    epochs: int = setting(2, "classifier epochs after unfreezing")
-    bs: int = setting(64, "classifier batch size")
-    drop_mult: float = setting(0.5, "classifier dropout scale")
+    lr: float = setting(2e-2, "classifier peak rate of the first stage", options.positive_float)
+    epochs: int = setting(2, "classifier epochs after unfreezing", options.int_at_least(1))
+    bs: int = setting(64, "classifier batch size", options.int_at_least(1))
+    drop_mult: float = setting(0.5, "classifier dropout scale", options.nonnegative_float)
     wd: float = TrainConfig.wd
     moms: tuple[float, float, float] = TrainConfig.moms
     alpha: float = (
@@ -236,10 +264,14 @@ class ClassifierConfig:
     beta: float = LMTrainConfig.beta  # TAR on them
     bptt: int = 72
     max_len: int = 72 * 20
-    valid_pct: float = setting(LMTrainConfig.valid_pct, "share of training rows held out")
-    seed: int = setting(TrainConfig.seed, "seed")
-    workers: int = setting(PrepareConfig.workers, "tokenizer processes (0: all cores)")
-    cache_dir: Path | None = setting(None, "cache folder")
+    valid_pct: float = setting(
+        LMTrainConfig.valid_pct, "share of training rows held out", options.fraction(low_open=True)
+    )
+    seed: int = setting(TrainConfig.seed, "seed", options.int_at_least(0))
+    workers: int = setting(
+        PrepareConfig.workers, "tokenizer processes, 0 for all cores", options.int_at_least(0)
+    )
+    cache_dir: Path | None = setting(None, "cache folder", Path)
     device: str | None = None
     compile: bool = False  # train through torch.compile (GPU; the first steps compile)
     label_kind: str | None = None  # "single" | "multi" | "float"; None: inferred
@@ -257,12 +289,15 @@ class ClassifierConfig:
 class ServeLimits:
     """What one request may ask of the server, and how much work may wait."""
 
-    max_texts: int = setting(64, "texts per /predict request")
-    max_chars: int = setting(20_000, "characters per text")  # about 4,000 words
+    max_texts: int = setting(64, "texts per /predict request", options.int_at_least(1))
+    # about 4,000 words
+    max_chars: int = setting(20_000, "characters per text", options.int_at_least(1))
     # characters of an /explain text (and at most max_chars): an explain is one model call,
     # which cannot be sliced; one of 20,000 characters costs about a turn (below)
-    max_explain_chars: int = setting(20_000, "characters per /explain text")
-    max_body_bytes: int = setting(2_000_000, "request body size")
+    max_explain_chars: int = setting(
+        20_000, "characters per /explain text", options.int_at_least(1)
+    )
+    max_body_bytes: int = setting(2_000_000, "request body size", options.int_at_least(1))
     max_batch_texts: int = 256  # texts one model call gathers from waiting requests
     # characters one model call gathers (but at least one text): a turn, the longest a short
     # request waits for each request ahead of it. 8 texts of max_chars: on a CPU a call of 8
@@ -270,7 +305,13 @@ class ServeLimits:
     # finer would cost a long request most of its throughput
     max_batch_chars: int = 160_000
     max_queue: int = 1_000  # requests waiting for the model before 503
-    read_timeout_s: int = setting(30, "time for a client to send a request's head, then its body")
+    read_timeout_s: int = setting(
+        30,
+        "time for a client to send a request's head, then its body",
+        options.int_at_least(1),
+        flag="--read-timeout",
+        metavar="SECONDS",
+    )
 
     def check(self) -> None:
         bad = [f"{k} must be 1 or more" for k, v in asdict(self).items() if v < 1]
@@ -283,5 +324,12 @@ class ServeSettings:
     """Where ``ulmfit serve`` listens and how it logs (the arguments of ``serve.run``)."""
 
     host: str = setting("127.0.0.1", "address to listen on")
-    port: int = setting(8000, "port")
-    log_level: str = setting("info", "uvicorn's log level (info: one line per request)")
+    port: int = setting(8000, "port", int)
+    log_level: str = setting(
+        "info",
+        "uvicorn's log level; info: one line per request",
+        choices=["critical", "error", "warning", "info", "debug"],
+    )
+    threads: int | None = setting(
+        None, "torch threads for the model (default: every core)", options.int_at_least(1)
+    )
