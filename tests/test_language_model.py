@@ -525,18 +525,6 @@ def test_bad_input_is_one_line_and_overwrites_nothing(capsys, env_cache, tmp_pat
     assert_user_error(code, o, e, "argument --valid-pct: must be above 0")
 
 
-def test_cli_defaults_are_the_config_defaults():
-    from dataclasses import fields
-
-    from ulmfit.cli import LM_DEFAULTS
-    from ulmfit.config import FinetuneLMConfig, PretrainConfig
-
-    for command, cls in (("pretrain", PretrainConfig), ("finetune-lm", FinetuneLMConfig)):
-        defaults = {f.name: f.default for f in fields(cls)}
-        for key, value in LM_DEFAULTS[command].items():
-            assert defaults[key] == value, (command, key)
-
-
 def test_lm_commands_parse_without_heavy_imports():
     import subprocess
     import sys

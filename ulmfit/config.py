@@ -16,8 +16,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from ulmfit import options
 from ulmfit.errors import UserError
+from ulmfit.options import fraction, int_at_least, nonnegative_float, positive_float
 from ulmfit.text.rules import SPECIAL_TOKENS  # str rules only
 
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
@@ -48,18 +48,16 @@ def like(cls: type, name: str, default: Any = MISSING, **changes: Any) -> Any:
 class VocabConfig:
     """fastai's defaults: at most 60,000 tokens, each seen at least 3 times."""
 
-    max_vocab: int = setting(
-        60000, "vocabulary size cap", options.int_at_least(len(SPECIAL_TOKENS))
-    )
-    min_freq: int = setting(3, "minimum count to enter the vocabulary", options.int_at_least(1))
+    max_vocab: int = setting(60000, "vocabulary size cap", int_at_least(len(SPECIAL_TOKENS)))
+    min_freq: int = setting(3, "minimum count to enter the vocabulary", int_at_least(1))
 
 
 @dataclass
 class PrepareConfig:
     """Every setting of ``prepare``; the ones that change the output are in the cache keys."""
 
-    workers: int = setting(0, "processes, 0 for all cores", options.int_at_least(0))
-    chunk_docs: int = setting(1000, "documents per worker task", options.int_at_least(1))
+    workers: int = setting(0, "processes, 0 for all cores", int_at_least(0))
+    chunk_docs: int = setting(1000, "documents per worker task", int_at_least(1))
     vocab: VocabConfig = field(default_factory=VocabConfig)
     label_kind: str | None = None  # None = inferred (single / multi / float)
     cache_dir: Path | None = setting(
@@ -163,21 +161,21 @@ class TrainConfig:
 class LMTrainConfig:
     """Settings shared by pretraining and fine-tuning (fastai's defaults unless noted)."""
 
-    bs: int = setting(64, "batch size in streams", options.int_at_least(1))
-    bptt: int = setting(70, "tokens per step", options.int_at_least(1))
-    lr: float = setting(2e-3, "peak learning rate of the one-cycle", options.positive_float)
-    epochs: int = setting(10, "epochs", options.int_at_least(1))
-    drop_mult: float = setting(0.3, "scales all of AWD-LSTM's dropouts", options.nonnegative_float)
-    wd: float = setting(TrainConfig.wd, "decoupled weight decay", options.nonnegative_float)
+    bs: int = setting(64, "batch size in streams", int_at_least(1))
+    bptt: int = setting(70, "tokens per step", int_at_least(1))
+    lr: float = setting(2e-3, "peak learning rate of the one-cycle", positive_float)
+    epochs: int = setting(10, "epochs", int_at_least(1))
+    drop_mult: float = setting(0.3, "scales all of AWD-LSTM's dropouts", nonnegative_float)
+    wd: float = setting(TrainConfig.wd, "decoupled weight decay", nonnegative_float)
     moms: tuple[float, float, float] = TrainConfig.moms
     clip: float | None = TrainConfig.clip  # max gradient norm
     alpha: float = 2.0  # activation regularisation (AR)
     beta: float = 1.0  # temporal activation regularisation (TAR)
     seed: int = setting(
-        TrainConfig.seed, "seed of the split, shuffles and dropouts", options.int_at_least(0)
+        TrainConfig.seed, "seed of the split, shuffles and dropouts", int_at_least(0)
     )
     valid_pct: float = setting(
-        0.1, "share of documents held out for validation", options.fraction(low_open=False)
+        0.1, "share of documents held out for validation", fraction(low_open=False)
     )
     max_vocab: int = VocabConfig.max_vocab
     min_freq: int = VocabConfig.min_freq
@@ -198,11 +196,9 @@ class FinetuneLMConfig(LMTrainConfig):
 
     epochs: int = like(LMTrainConfig, "epochs", help="epochs after unfreezing")
     # fine-tuning reports held-out perplexity, so it needs held-out documents
-    valid_pct: float = like(LMTrainConfig, "valid_pct", type=options.fraction(low_open=True))
-    frozen_epochs: int = setting(
-        1, "epochs training only the last layer group", options.int_at_least(0)
-    )
-    frozen_lr: float = setting(2e-2, "peak learning rate while frozen", options.positive_float)
+    valid_pct: float = like(LMTrainConfig, "valid_pct", type=fraction(low_open=True))
+    frozen_epochs: int = setting(1, "epochs training only the last layer group", int_at_least(0))
+    frozen_lr: float = setting(2e-2, "peak learning rate while frozen", positive_float)
     # False: fastai's vocabulary, from the target texts only. True: every pretrained token
     # too, so words the target texts never (or rarely) show keep their pretrained rows.
     keep_pretrained_vocab: bool = False
@@ -218,9 +214,9 @@ class PretrainConfig(LMTrainConfig):
 
     lr: float = like(LMTrainConfig, "lr", 5e-3)
     wd: float = like(LMTrainConfig, "wd", 0.1)
-    emb_sz: int = setting(AWDLSTMConfig.emb_sz, "embedding size", options.int_at_least(1))
-    n_hid: int = setting(AWDLSTMConfig.n_hid, "LSTM hidden size", options.int_at_least(1))
-    n_layers: int = setting(AWDLSTMConfig.n_layers, "LSTM layers", options.int_at_least(1))
+    emb_sz: int = setting(AWDLSTMConfig.emb_sz, "embedding size", int_at_least(1))
+    n_hid: int = setting(AWDLSTMConfig.n_hid, "LSTM hidden size", int_at_least(1))
+    n_layers: int = setting(AWDLSTMConfig.n_layers, "LSTM layers", int_at_least(1))
     backwards: bool = False
 
 
@@ -252,10 +248,10 @@ class LRFindConfig:
 class ClassifierConfig:
     """fastai's IMDb classifier recipe (``text_classifier_learner``, gradual unfreezing)."""
 
-    lr: float = setting(2e-2, "classifier peak rate of the first stage", options.positive_float)
-    epochs: int = setting(2, "classifier epochs after unfreezing", options.int_at_least(1))
-    bs: int = setting(64, "classifier batch size", options.int_at_least(1))
-    drop_mult: float = setting(0.5, "classifier dropout scale", options.nonnegative_float)
+    lr: float = setting(2e-2, "classifier peak rate of the first stage", positive_float)
+    epochs: int = setting(2, "classifier epochs after unfreezing", int_at_least(1))
+    bs: int = setting(64, "classifier batch size", int_at_least(1))
+    drop_mult: float = setting(0.5, "classifier dropout scale", nonnegative_float)
     wd: float = TrainConfig.wd
     moms: tuple[float, float, float] = TrainConfig.moms
     alpha: float = (
@@ -265,11 +261,11 @@ class ClassifierConfig:
     bptt: int = 72
     max_len: int = 72 * 20
     valid_pct: float = setting(
-        LMTrainConfig.valid_pct, "share of training rows held out", options.fraction(low_open=True)
+        LMTrainConfig.valid_pct, "share of training rows held out", fraction(low_open=True)
     )
-    seed: int = setting(TrainConfig.seed, "seed", options.int_at_least(0))
+    seed: int = setting(TrainConfig.seed, "seed", int_at_least(0))
     workers: int = setting(
-        PrepareConfig.workers, "tokenizer processes, 0 for all cores", options.int_at_least(0)
+        PrepareConfig.workers, "tokenizer processes, 0 for all cores", int_at_least(0)
     )
     cache_dir: Path | None = setting(None, "cache folder", Path)
     device: str | None = None
@@ -289,15 +285,13 @@ class ClassifierConfig:
 class ServeLimits:
     """What one request may ask of the server, and how much work may wait."""
 
-    max_texts: int = setting(64, "texts per /predict request", options.int_at_least(1))
+    max_texts: int = setting(64, "texts per /predict request", int_at_least(1))
     # about 4,000 words
-    max_chars: int = setting(20_000, "characters per text", options.int_at_least(1))
+    max_chars: int = setting(20_000, "characters per text", int_at_least(1))
     # characters of an /explain text (and at most max_chars): an explain is one model call,
     # which cannot be sliced; one of 20,000 characters costs about a turn (below)
-    max_explain_chars: int = setting(
-        20_000, "characters per /explain text", options.int_at_least(1)
-    )
-    max_body_bytes: int = setting(2_000_000, "request body size", options.int_at_least(1))
+    max_explain_chars: int = setting(20_000, "characters per /explain text", int_at_least(1))
+    max_body_bytes: int = setting(2_000_000, "request body size", int_at_least(1))
     max_batch_texts: int = 256  # texts one model call gathers from waiting requests
     # characters one model call gathers (but at least one text): a turn, the longest a short
     # request waits for each request ahead of it. 8 texts of max_chars: on a CPU a call of 8
@@ -308,7 +302,7 @@ class ServeLimits:
     read_timeout_s: int = setting(
         30,
         "time for a client to send a request's head, then its body",
-        options.int_at_least(1),
+        int_at_least(1),
         flag="--read-timeout",
         metavar="SECONDS",
     )
@@ -331,5 +325,5 @@ class ServeSettings:
         choices=["critical", "error", "warning", "info", "debug"],
     )
     threads: int | None = setting(
-        None, "torch threads for the model (default: every core)", options.int_at_least(1)
+        None, "torch threads for the model (default: every core)", int_at_least(1)
     )

@@ -251,7 +251,7 @@ def _add_fit_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vocab-bwd",
         metavar="ITOS.pkl",
-        help="vocabulary of a backward fastai .pth (default --vocab)",
+        help="vocabulary of a backward fastai .pth (default: --vocab)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder")
 

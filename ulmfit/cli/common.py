@@ -85,7 +85,7 @@ def add_column_options(p: argparse.ArgumentParser, labels: bool, formats: list[s
             "--label-col",
             action="append",
             metavar="COL",
-            help="label column (default label; repeat for several 0/1 columns or numeric targets)",
+            help="label column (default: label; repeat for several 0/1 columns or numeric targets)",
         )
         p.add_argument(
             "--label-delim",
