@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ulmfit import options
 from ulmfit.cli.common import (
+    add_command,
     add_compile_option,
     add_device_option,
     add_labelled_file_options,
@@ -25,6 +26,11 @@ from ulmfit.errors import UserError
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
+    """Fit two linear baselines on --train and score them on --test: NBSVM-LR (binarized uni+bigrams
+    scaled by the log-count ratio, logistic regression, one-vs-rest or one model per label) and
+    TF-IDF uni+bigrams + logistic regression (Ridge for a numeric target). Prints accuracy /
+    error / macro and per-class F1 (single-label), micro / macro F1 and mean ROC AUC
+    (multi-label) or MAE / RMSE (numeric), and the seconds each took."""
     from ulmfit.baselines import format_report, run_baselines
 
     result = run_baselines(
@@ -40,20 +46,15 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _add_baseline_command(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "baseline",
-        help="NB-SVM and TF-IDF + logistic regression test metrics (the bar to clear)",
-        description="Fit two linear baselines on --train and score them on --test: NBSVM-LR "
-        "(binarized uni+bigrams scaled by the log-count ratio, logistic regression, one-vs-rest "
-        "or one model per label) and TF-IDF uni+bigrams + logistic regression (Ridge for a "
-        "numeric target). Prints accuracy / error / macro and per-class F1 (single-label), "
-        "micro / macro F1 and mean ROC AUC (multi-label) or MAE / RMSE (numeric), and the "
-        "seconds each took.",
+        cmd_baseline,
+        "NB-SVM and TF-IDF + logistic regression test metrics (the bar to clear)",
     )
     p.add_argument("--train", required=True, metavar="FILE", help="training file")
     p.add_argument("--test", required=True, metavar="FILE", help="test file")
     add_labelled_file_options(p)
-    p.set_defaults(func=cmd_baseline)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +150,14 @@ def _print_fit(args: argparse.Namespace, result: dict) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    """Fine-tune --pretrained on the texts of --train, --valid and --unlabelled into RUN/lm, train a
+    classifier (single-label, multi-label or regression) from it with gradual unfreezing
+    (fastai's IMDb recipe) into RUN/model (safetensors + vocab.json + config.json) with metrics
+    in RUN/report, then evaluate on --test if given. --direction bwd / both: the same with a
+    backward LM (RUN/lm_bwd), both averaging the two classifiers. Each stage is cached:
+    re-running into the same RUN reuses the finished stages and continues an interrupted one
+    from its last epoch; a re-run that would retrain a finished stage (other inputs or settings)
+    is refused unless --overwrite."""
     from dataclasses import replace
 
     from ulmfit.tasks.run import fit
@@ -188,6 +197,8 @@ def _print_per_class(res: dict, thresholds: bool) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """RUN: a run folder of 'ulmfit fit' (or its model directory). Test labels must be classes seen
+    in training. --json adds the predictions in input order."""
     from ulmfit.tasks.classifier import evaluate
 
     res = evaluate(
@@ -277,42 +288,28 @@ def _add_fit_settings(p: argparse.ArgumentParser) -> None:
     )
 
 
-_FIT_DESCRIPTION = (
-    "Fine-tune --pretrained on the texts of --train, --valid and --unlabelled "
-    "into RUN/lm, train a classifier (single-label, multi-label or regression) from it "
-    "with gradual unfreezing (fastai's IMDb recipe) into RUN/model (safetensors + "
-    "vocab.json + config.json) with metrics in RUN/report, then evaluate on --test if "
-    "given. --direction bwd / both: the same with a backward LM (RUN/lm_bwd), both "
-    "averaging the two classifiers. Each stage is cached: re-running into the same RUN "
-    "reuses the finished stages and continues an interrupted one from its last epoch; a "
-    "re-run that would retrain a finished stage (other inputs or settings) is refused "
-    "unless --overwrite."
-)
-
-
 def add_classifier_commands(sub) -> None:
     _add_baseline_command(sub)
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "fit",
-        help="the whole ULMFiT chain: fine-tune the LM on the texts, then train a classifier",
-        description=_FIT_DESCRIPTION,
+        cmd_fit,
+        "the whole ULMFiT chain: fine-tune the LM on the texts, then train a classifier",
     )
     _add_fit_inputs(p)
     _add_fit_settings(p)
     add_labelled_file_options(p)
     add_device_option(p)
     add_compile_option(p)
-    p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "evaluate",
-        help="metrics of a classifier on a test file (accuracy / F1, multi-label F1 / AUC, MAE)",
-        description="RUN: a run folder of 'ulmfit fit' (or its model directory). Test labels "
-        "must be classes seen in training. --json adds the predictions in input order.",
+        cmd_evaluate,
+        "metrics of a classifier on a test file (accuracy / F1, multi-label F1 / AUC, MAE)",
     )
     p.add_argument("run", type=Path, metavar="RUN")
     p.add_argument("test", metavar="TEST_FILE")
     add_option(p, "--bs", type=options.int_at_least(1), default=64, help="documents per batch")
     add_labelled_file_options(p)
     add_device_option(p)
-    p.set_defaults(func=cmd_evaluate)

@@ -154,3 +154,11 @@ def add_labelled_file_options(p: argparse.ArgumentParser) -> None:
     """Options of the commands that read labelled files (baseline, fit, evaluate)."""
     add_column_options(p, True, ["csv", "tsv", "jsonl", "parquet", "folder"])
     add_json_option(p)
+
+
+def add_command(sub, name: str, func, help: str, **kwargs) -> argparse.ArgumentParser:
+    """The subcommand ``name`` run by ``func``, whose docstring is its ``--help`` description
+    (what the command does, written once, beside the code that does it)."""
+    p = sub.add_parser(name, help=help, description=func.__doc__, **kwargs)
+    p.set_defaults(func=func)
+    return p

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ulmfit import options
 from ulmfit.cli.common import (
+    add_command,
     add_compile_option,
     add_device_option,
     add_input_options,
@@ -29,6 +30,8 @@ def _print_metrics(label: str, m: dict) -> None:
 
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:
+    """Each document is read alone from a fresh hidden state; its tokens 2..n are predicted from
+    their prefixes. MODEL: a model directory, or a fastai .pth with --vocab ITOS.pkl."""
     from ulmfit.models.io import load_lm
     from ulmfit.tasks.language_model import lm_eval, read_token_corpus
 
@@ -117,6 +120,8 @@ def _train(args: argparse.Namespace, run) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Build the vocabulary from CORPUS, hold out documents (or use --valid) and train an AWD-LSTM
+    language model with one-cycle; writes a model directory."""
     from ulmfit.tasks.language_model import pretrain, pretrain_lr_find
 
     valid = None
@@ -134,6 +139,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune_lm(args: argparse.Namespace) -> int:
+    """Vocabulary from DATA (labelled and unlabelled files alike, text only), pretrained rows
+    remapped onto it, validation perplexity before and after; freeze + one-cycle, then unfreeze
+    + one-cycle, as fastai does."""
     from ulmfit.tasks.language_model import finetune_lm, finetune_lm_lr_find
 
     cfg = _lm_config(args, FinetuneLMConfig)
@@ -227,12 +235,11 @@ def add_pretrained_vocab_options(p: argparse.ArgumentParser, prefix: str = "") -
 
 
 def _add_lm_eval_command(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "lm-eval",
-        help="perplexity and next-token accuracy of a language model on text",
-        description="Each document is read alone from a fresh hidden state; its tokens 2..n "
-        "are predicted from their prefixes. MODEL: a model directory, or a fastai .pth with "
-        "--vocab ITOS.pkl.",
+        cmd_lm_eval,
+        "perplexity and next-token accuracy of a language model on text",
     )
     p.add_argument("model", metavar="MODEL")
     p.add_argument("inputs", nargs="+", metavar="DATA")
@@ -244,37 +251,28 @@ def _add_lm_eval_command(sub) -> None:
     add_option(p, "--bs", type=options.int_at_least(1), default=64, help="documents per batch")
     add_option(p, "--bptt", type=options.int_at_least(1), default=200, help="tokens per chunk")
     add_input_options(p, labels=False)
-    p.set_defaults(func=cmd_lm_eval)
+
+
+def _add_lm_training_command(sub, name: str, func, help: str, cls: type, data: str):
+    """pretrain / finetune-lm: the data, every option of ``cls`` and the input options."""
+    p = add_command(sub, name, func, help, epilog=_RUN_EPILOG)
+    p.add_argument("inputs", nargs="+", metavar=data)
+    _add_training_options(p, cls)
+    add_input_options(p, labels=False)
+    return p
 
 
 def add_lm_commands(sub) -> None:
     _add_lm_eval_command(sub)
-    p = sub.add_parser(
-        "pretrain",
-        help="train a language model from scratch on a corpus",
-        description="Build the vocabulary from CORPUS, hold out documents (or use --valid) "
-        "and train an AWD-LSTM language model with one-cycle; writes a model directory.",
-        epilog=_RUN_EPILOG,
-    )
-    p.add_argument("inputs", nargs="+", metavar="CORPUS")
+    help = "train a language model from scratch on a corpus"
+    p = _add_lm_training_command(sub, "pretrain", cmd_pretrain, help, PretrainConfig, "CORPUS")
     p.add_argument("--valid", metavar="FILE", help="validation corpus (default: held-out docs)")
     p.add_argument("--backwards", action="store_true", help="a backward model (tokens reversed)")
-    _add_training_options(p, PretrainConfig)
-    add_input_options(p, labels=False)
-    p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser(
-        "finetune-lm",
-        help="fine-tune a pretrained language model on target text (ULMFiT stage 2)",
-        description="Vocabulary from DATA (labelled and unlabelled files alike, text only), "
-        "pretrained rows remapped onto it, validation perplexity before and after; "
-        "freeze + one-cycle, then unfreeze + one-cycle, as fastai does.",
-        epilog=_RUN_EPILOG,
+    help = "fine-tune a pretrained language model on target text (ULMFiT stage 2)"
+    p = _add_lm_training_command(
+        sub, "finetune-lm", cmd_finetune_lm, help, FinetuneLMConfig, "DATA"
     )
-    p.add_argument("inputs", nargs="+", metavar="DATA")
     p.add_argument("--pretrained", required=True, metavar="MODEL", help="model dir or fastai .pth")
     p.add_argument("--vocab", metavar="ITOS.pkl", help="vocabulary of a fastai .pth")
     add_pretrained_vocab_options(p)
-    _add_training_options(p, FinetuneLMConfig)
-    add_input_options(p, labels=False)
-    p.set_defaults(func=cmd_finetune_lm)

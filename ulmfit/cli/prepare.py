@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ulmfit.cli.common import (
+    add_command,
     add_input_options,
     add_overwrite_option,
     add_vocab_size_options,
@@ -16,6 +17,9 @@ from ulmfit.cli.common import (
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    """Tokenize (fastai rules + spaCy) on every core, build the vocabulary, numericalize; cached, so
+    a re-run over unchanged data is instant. INPUT: CSV/TSV/JSONL/Parquet (.gz too), a folder
+    per class, a .txt corpus, or a known dataset name (imdb_sample)."""
     from ulmfit.prepare import prepare
 
     data = prepare(specs(args), prepare_config(args))
@@ -40,6 +44,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
+    """One JSON list of tokens per input row, in input order."""
     from ulmfit.prepare import write_tokens_jsonl
 
     result = write_tokens_jsonl(
@@ -60,26 +65,13 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def add_prepare_commands(sub) -> None:
-    p = sub.add_parser(
-        "prepare",
-        help="tokenize, numericalize and cache a dataset",
-        description="Tokenize (fastai rules + spaCy) on every core, build the "
-        "vocabulary, numericalize; cached, so a re-run over unchanged data is instant. "
-        "INPUT: CSV/TSV/JSONL/Parquet (.gz too), a folder per class, a .txt corpus, "
-        "or a known dataset name (imdb_sample).",
-    )
+    p = add_command(sub, "prepare", cmd_prepare, "tokenize, numericalize and cache a dataset")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     add_input_options(p, labels=True)
     add_vocab_size_options(p)
-    p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser(
-        "tokenize",
-        help="write the tokens of every row as JSON lines",
-        description="One JSON list of tokens per input row, in input order.",
-    )
+    p = add_command(sub, "tokenize", cmd_tokenize, "write the tokens of every row as JSON lines")
     p.add_argument("inputs", nargs=1, metavar="INPUT")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.jsonl")
     add_overwrite_option(p)
     add_input_options(p, labels=False)
-    p.set_defaults(func=cmd_tokenize)

@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 from ulmfit import options
-from ulmfit.cli.common import add_device_option, add_json_option, add_overwrite_option, input_path
+from ulmfit.cli.common import (
+    add_command,
+    add_device_option,
+    add_json_option,
+    add_overwrite_option,
+    input_path,
+)
 from ulmfit.cli.fields import add_config_options, add_field_option, add_option, given_settings
 from ulmfit.config import ServeLimits, ServeSettings
 from ulmfit.errors import UserError
@@ -104,6 +110,11 @@ def _short(pred: dict) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict the texts given with --text, or every row of INPUT_FILE (CSV/TSV/JSONL/Parquet: text
+    columns as in training unless --text-col; .txt: one text per line). Batched by length
+    inside; the results keep the input order (rows without text are skipped and listed on
+    stderr). Prints one line per text, or with --out a CSV (row, text, label or labels or
+    values, p_CLASS per class)."""
     from ulmfit.predict import Predictor
 
     if args.input is not None and not Path(args.input).exists():
@@ -134,6 +145,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """The prediction for TEXT and every word's importance: fastai v1's intrinsic attention (the
+    gradient of the predicted class's probability with respect to the word embeddings,
+    normalised per text). Prints the most important words; --out writes a page with the text
+    shaded word by word."""
     from ulmfit.atomic import write_output
     from ulmfit.explain import render_html
     from ulmfit.predict import Predictor
@@ -163,6 +178,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """POST /predict {"texts": [...]} -> {"predictions": [...]} in order; POST /explain {"text":
+    ...}; GET /health; GET / a page to type a text and see its label, probabilities and shaded
+    words. Over-limit requests get 413, malformed ones 422, non-JSON bodies 415, other hosts
+    400, all with a JSON error body."""
     from ulmfit.serve import run
 
     run(
@@ -182,14 +201,8 @@ _MODEL_HELP = "a run folder of 'ulmfit fit' or its model directory (single or en
 
 
 def _add_predict_command(sub) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="labels and probabilities of new texts, in input order",
-        description="Predict the texts given with --text, or every row of INPUT_FILE "
-        "(CSV/TSV/JSONL/Parquet: text columns as in training unless --text-col; .txt: one "
-        "text per line). Batched by length inside; the results keep the input order (rows "
-        "without text are skipped and listed on stderr). Prints one line per text, or with "
-        "--out a CSV (row, text, label or labels or values, p_CLASS per class).",
+    p = add_command(
+        sub, "predict", cmd_predict, "labels and probabilities of new texts, in input order"
     )
     p.add_argument("model", type=Path, metavar="MODEL", help=_MODEL_HELP)
     p.add_argument("input", nargs="?", metavar="INPUT_FILE", help="file of texts")
@@ -206,17 +219,14 @@ def _add_predict_command(sub) -> None:
     add_json_option(p, "print one JSON object: the predictions (with --out: a summary)")
     add_option(p, "--bs", type=options.int_at_least(1), default=64, help="texts per batch")
     add_device_option(p)
-    p.set_defaults(func=cmd_predict)
 
 
 def _add_explain_command(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "explain",
-        help="which words drove a prediction (intrinsic attention), as an HTML page",
-        description="The prediction for TEXT and every word's importance: fastai v1's "
-        "intrinsic attention (the gradient of the predicted class's probability with "
-        "respect to the word embeddings, normalised per text). Prints the most important "
-        "words; --out writes a page with the text shaded word by word.",
+        cmd_explain,
+        "which words drove a prediction (intrinsic attention), as an HTML page",
     )
     p.add_argument("model", type=Path, metavar="MODEL", help=_MODEL_HELP)
     p.add_argument("--text", required=True, metavar="TEXT", help="the text to explain")
@@ -229,17 +239,11 @@ def _add_explain_command(sub) -> None:
     )
     add_json_option(p, "print the explanation as JSON")
     add_device_option(p)
-    p.set_defaults(func=cmd_explain)
 
 
 def _add_serve_command(sub) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="serve a classifier over HTTP, with a web page to try it",
-        description='POST /predict {"texts": [...]} -> {"predictions": [...]} in order; '
-        'POST /explain {"text": ...}; GET /health; GET / a page to type a text and see '
-        "its label, probabilities and shaded words. Over-limit requests get 413, malformed "
-        "ones 422, non-JSON bodies 415, other hosts 400, all with a JSON error body.",
+    p = add_command(
+        sub, "serve", cmd_serve, "serve a classifier over HTTP, with a web page to try it"
     )
     p.add_argument("model", type=Path, metavar="MODEL", help=_MODEL_HELP)
     add_field_option(p, ServeSettings, "host", filled=True)
@@ -254,7 +258,6 @@ def _add_serve_command(sub) -> None:
     add_device_option(p)
     add_field_option(p, ServeSettings, "threads")
     add_field_option(p, ServeSettings, "log_level", filled=True)
-    p.set_defaults(func=cmd_serve)
 
 
 def add_use_commands(sub) -> None:
