@@ -1,6 +1,6 @@
 """Every settings dataclass of the library, with each default written once, here.
 
-Torch-free (stdlib only), so the command line builds its options, their defaults and the
+Torch-free (the standard library, and ulmfit's own options, errors and text rules), so the command line builds its options, their defaults and the
 defaults printed in ``--help`` from these fields without loading PyTorch or spaCy. A field
 that is a command-line option carries its help text beside it (``metadata["help"]``); the
 CLI appends the field's default to it, and ``metadata["type"]`` is the range-checked type of
@@ -254,9 +254,8 @@ class ClassifierConfig:
     drop_mult: float = setting(0.5, "classifier dropout scale", nonnegative_float)
     wd: float = TrainConfig.wd
     moms: tuple[float, float, float] = TrainConfig.moms
-    alpha: float = (
-        LMTrainConfig.alpha
-    )  # AR on the encoder outputs of real tokens (fastai's TextLearner)
+    # AR on the encoder outputs of real tokens (fastai's TextLearner)
+    alpha: float = LMTrainConfig.alpha
     beta: float = LMTrainConfig.beta  # TAR on them
     bptt: int = 72
     max_len: int = 72 * 20
