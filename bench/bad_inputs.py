@@ -364,7 +364,7 @@ def readme_snippet(ws: Path, via_stdin: bool) -> Outcome:
     """README's prepare([...]) snippet with 2 workers, no __main__ guard."""
     code = (
         "from ulmfit.data.sources import SourceSpec\n"
-        "from ulmfit.prepare import prepare, PrepareConfig\n"
+        "from ulmfit.config import PrepareConfig\nfrom ulmfit.prepare import prepare\n"
         f"data = prepare([SourceSpec({str(ws / 'train.csv')!r}, label_cols=['label'])], "
         f"PrepareConfig(workers=2, chunk_docs=20, cache_dir={str(ws / 'cache-snippet')!r}))\n"
         "print(len(data))\n"

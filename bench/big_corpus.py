@@ -43,7 +43,8 @@ import json, sys, tempfile
 from pathlib import Path
 from ulmfit.data.sources import SourceSpec
 from ulmfit.loaders import FewBatches
-from ulmfit.tasks.language_model import PretrainConfig, _learner, _pretrain_setup
+from ulmfit.config import PretrainConfig
+from ulmfit.tasks.language_model import _learner, _pretrain_setup
 corpus, valid, cache, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 cfg = PretrainConfig(emb_sz=16, n_hid=32, n_layers=2, bs=8, bptt=32, workers=1,
                      cache_dir=Path(cache), verbose=False, progress=False)

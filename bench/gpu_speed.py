@@ -446,7 +446,7 @@ class _EpochTimer:
 def _our_classifier(spec: dict, cc):
     """``fit_classifier``'s model for the wiki30k LM's shapes (``spec["arch"]`` may shrink
     it: the tests do)."""
-    from ulmfit.models.awd_lstm import AWDLSTMConfig
+    from ulmfit.config import AWDLSTMConfig
     from ulmfit.tasks.classifier import build_classifier, classifier_arch
 
     arch = classifier_arch({**AWDLSTMConfig().to_dict(), **spec.get("arch", {})})
@@ -460,9 +460,9 @@ def clas_train_ours(spec: dict, data: dict, compile: bool = False) -> dict:
 
     import torch
 
+    from ulmfit.config import ClassifierConfig, TrainConfig
     from ulmfit.loaders import ClassifierLoader
-    from ulmfit.tasks.classifier import ClassifierConfig
-    from ulmfit.train import ClassifierTask, Learner, TrainConfig
+    from ulmfit.train import ClassifierTask, Learner
 
     extra: dict = {}
     if compile:
@@ -598,8 +598,8 @@ def _timed_passes(fn, warm: int, timed: int, n_docs: int) -> dict:
 def predict_ours(spec: dict, data: dict, amp: str = "auto") -> dict:
     import torch
 
+    from ulmfit.config import ClassifierConfig
     from ulmfit.predict import predict_logits
-    from ulmfit.tasks.classifier import ClassifierConfig
     from ulmfit.tasks.language_model import TokenCorpus
 
     torch.manual_seed(42)

@@ -349,9 +349,10 @@ def read_imdb(args, files: dict[str, Path]) -> tuple[dict, list[str], list[str],
     """``(corpus, vocab, classes, meta)`` of the three IMDb files: the LM corpus and its
     vocabulary as fit -> finetune_lm makes them (train + test + unsup texts, labels unused),
     with each document's split and label."""
+    from ulmfit.config import ClassifierConfig, FinetuneLMConfig
     from ulmfit.data.labels import read_labels
-    from ulmfit.tasks.classifier import ClassifierConfig, read_labelled
-    from ulmfit.tasks.language_model import FinetuneLMConfig, _prepare
+    from ulmfit.tasks.classifier import read_labelled
+    from ulmfit.tasks.language_model import _prepare
 
     labelled, texts = _specs(files)
     lm_cfg = FinetuneLMConfig(workers=args.workers, cache_dir=args.cache_dir)
@@ -633,8 +634,8 @@ def subset_corpus(corpus: dict, idx: np.ndarray) -> dict:
 
 
 def _train_config(args, device: str, *, clip: float | None, wd: float, moms, plot: bool = True):
+    from ulmfit.config import TrainConfig
     from ulmfit.errors import UserError
-    from ulmfit.train import TrainConfig
 
     extra = {}
     if args.compile:
@@ -761,19 +762,19 @@ def cmd_run(args) -> int:
 def _recipe(run: Run, plan: Plan, args, work: Path) -> None:
     import torch
 
+    from ulmfit.config import AWDLSTMConfig, ClassifierConfig, FinetuneLMConfig
     from ulmfit.loaders import ClassifierLoader, LMLoader
-    from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+    from ulmfit.models.awd_lstm import LanguageModel
     from ulmfit.models.classifier import load_encoder
     from ulmfit.models.pretrained import with_aliases
     from ulmfit.predict import predict_logits
     from ulmfit.tasks.classifier import (
-        ClassifierConfig,
         _subset,
         build_classifier,
         classifier_arch,
         loss_for,
     )
-    from ulmfit.tasks.language_model import FinetuneLMConfig, gather_docs, lm_eval, split_docs
+    from ulmfit.tasks.language_model import gather_docs, lm_eval, split_docs
     from ulmfit.train import ClassifierTask, Learner, LMTask
 
     res, dev = run.res, args.device

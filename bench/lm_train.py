@@ -138,8 +138,9 @@ def run_ours(ids, bs, bptt, warm, timed, amp: str = "auto", compile: bool = Fals
 
     import torch
 
-    from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
-    from ulmfit.train import Learner, LMTask, TrainConfig
+    from ulmfit.config import AWDLSTMConfig, TrainConfig
+    from ulmfit.models.awd_lstm import LanguageModel
+    from ulmfit.train import Learner, LMTask
 
     extra: dict = {}
     if compile:
@@ -252,8 +253,9 @@ def run_paired(ids, bs, bptt, warm, timed) -> dict:
 
     import torch
 
-    from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
-    from ulmfit.train import Learner, LMTask, TrainConfig
+    from ulmfit.config import AWDLSTMConfig, TrainConfig
+    from ulmfit.models.awd_lstm import LanguageModel
+    from ulmfit.train import Learner, LMTask
 
     if DEVICE != "cpu":
         raise Unsupported("paired timing needs the CPU (on a GPU the Learner reads ahead)")

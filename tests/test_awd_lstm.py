@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from conftest import DATA, FIXTURES, need
 
+from ulmfit.config import AWDLSTMConfig
 from ulmfit.errors import UserError
-from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel, ar_tar_loss
+from ulmfit.models.awd_lstm import LanguageModel, ar_tar_loss
 from ulmfit.models.pretrained import (
     from_fastai,
     load_fastai_lm,

@@ -19,7 +19,8 @@ _spec.loader.exec_module(imdb_gpu)
 
 
 def _tiny_pretrained(folder, n_words: int = 40, seed: int = 0) -> list[str]:
-    from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+    from ulmfit.config import AWDLSTMConfig
+    from ulmfit.models.awd_lstm import LanguageModel
     from ulmfit.models.io import save_model_dir
     from ulmfit.text.rules import SPECIAL_TOKENS
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from ulmfit.config import CLASSIFIER_CONFIG, AWDLSTMConfig, TrainConfig
 from ulmfit.errors import UserError
 from ulmfit.loaders import ClassifierLoader
-from ulmfit.models.awd_lstm import CLASSIFIER_CONFIG, AWDLSTMConfig, LanguageModel
+from ulmfit.models.awd_lstm import LanguageModel
 from ulmfit.models.classifier import (
     PoolingLinearClassifier,
     SentenceEncoder,
@@ -18,7 +19,7 @@ from ulmfit.models.classifier import (
     load_encoder,
     masked_concat_pool,
 )
-from ulmfit.train import ClassifierTask, Learner, TrainConfig
+from ulmfit.train import ClassifierTask, Learner
 from ulmfit.train import optim as optim_mod
 
 VOCAB = 30

@@ -12,6 +12,7 @@ from conftest import trec_rows as _rows
 from conftest import write_csv as _write
 
 from ulmfit.cli import main
+from ulmfit.config import ClassifierConfig
 from ulmfit.data.labels import dry_run_sample
 from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
@@ -20,7 +21,6 @@ from ulmfit.models.classifier import masked_ar_tar
 from ulmfit.models.model_dir import load_classifier, load_members, mean_outputs
 from ulmfit.predict import predict_logits
 from ulmfit.tasks import classifier as clf_mod
-from ulmfit.tasks.classifier import ClassifierConfig
 from ulmfit.tasks.language_model import reverse_docs
 from ulmfit.tasks.run import dry_run_dir, fit, read_stages
 
@@ -219,7 +219,8 @@ def test_evaluate_uses_the_columns_of_training(capsys, setup, tmp_path, monkeypa
 
 def test_keep_pretrained_vocab(setup, tmp_path, monkeypatch):
     monkeypatch.setenv("ULMFIT_CACHE", str(tmp_path / "cache"))
-    from ulmfit.tasks.language_model import FinetuneLMConfig, finetune_lm
+    from ulmfit.config import FinetuneLMConfig
+    from ulmfit.tasks.language_model import finetune_lm
     from ulmfit.text.vocab import load_vocab
 
     cfg = FinetuneLMConfig(dry_run=True, device="cpu", workers=1, verbose=False)

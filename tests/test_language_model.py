@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from conftest import DATA, FIXTURES, SHARED, need
 
 from ulmfit.cli import main
+from ulmfit.config import AWDLSTMConfig
 from ulmfit.errors import UserError
-from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+from ulmfit.models.awd_lstm import LanguageModel
 from ulmfit.models.io import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -522,18 +523,6 @@ def test_bad_input_is_one_line_and_overwrites_nothing(capsys, env_cache, tmp_pat
         *common,
     )
     assert_user_error(code, o, e, "argument --valid-pct: must be above 0")
-
-
-def test_cli_defaults_are_the_config_defaults():
-    from dataclasses import fields
-
-    from ulmfit.cli import LM_DEFAULTS
-    from ulmfit.tasks.language_model import FinetuneLMConfig, PretrainConfig
-
-    for command, cls in (("pretrain", PretrainConfig), ("finetune-lm", FinetuneLMConfig)):
-        defaults = {f.name: f.default for f in fields(cls)}
-        for key, value in LM_DEFAULTS[command].items():
-            assert defaults[key] == value, (command, key)
 
 
 def test_lm_commands_parse_without_heavy_imports():

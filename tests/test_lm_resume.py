@@ -16,7 +16,8 @@ from conftest import DATA, REPO, need
 from safetensors.torch import load_file
 
 from ulmfit.cli import main
-from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+from ulmfit.config import AWDLSTMConfig
+from ulmfit.models.awd_lstm import LanguageModel
 from ulmfit.models.io import MODEL_FILE, save_model_dir
 from ulmfit.text.rules import SPECIAL_TOKENS
 from ulmfit.train.learner import CHECKPOINT, read_jsonl

@@ -18,10 +18,11 @@ from conftest import write_csv as _write
 
 import ulmfit
 from ulmfit.cli import main
+from ulmfit.config import ClassifierConfig
 from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
 from ulmfit.predict import Predictor, softmax
-from ulmfit.tasks.classifier import ClassifierConfig, evaluate
+from ulmfit.tasks.classifier import evaluate
 from ulmfit.tasks.run import fit
 
 _BUILT: dict = {}

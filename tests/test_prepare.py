@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from conftest import DATA, need
 
+from ulmfit.config import PrepareConfig, VocabConfig
 from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
-from ulmfit.prepare import PrepareConfig, Prepared, prepare, tokenize_stage
+from ulmfit.prepare import Prepared, prepare, tokenize_stage
 from ulmfit.text.rules import SPECIAL_TOKENS
 from ulmfit.text.tokenize import Tokenizer
-from ulmfit.text.vocab import VocabConfig
 
 BOS_ID = 2
 

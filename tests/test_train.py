@@ -18,15 +18,15 @@ import pytest
 import torch
 from torch import nn
 
+from ulmfit.config import AWDLSTMConfig, TrainConfig
 from ulmfit.errors import UserError
 from ulmfit.loaders import ClassifierLoader, LMLoader
-from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+from ulmfit.models.awd_lstm import LanguageModel
 from ulmfit.train import (
     ClassifierTask,
     Learner,
     LMTask,
     Schedule,
-    TrainConfig,
     discriminative_lrs,
     one_cycle,
     read_jsonl,

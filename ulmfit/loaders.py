@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ulmfit.config import ClassifierConfig, LMTrainConfig
 from ulmfit.errors import UserError
 
 __all__ = [
@@ -49,8 +50,8 @@ _TAG_SORTISH = 2
 class LMLoaderConfig:
     """Defaults for :class:`LMLoader`; the last four fields only matter with ``variable_bptt``."""
 
-    bs: int = 64
-    bptt: int = 70
+    bs: int = LMTrainConfig.bs
+    bptt: int = LMTrainConfig.bptt
     shuffle: bool = False
     seed: int = 0
     variable_bptt: bool = False
@@ -68,7 +69,7 @@ class LMLoaderConfig:
 class ClassifierLoaderConfig:
     """Defaults for :class:`ClassifierLoader`."""
 
-    bs: int = 64
+    bs: int = ClassifierConfig.bs
     pad_id: int = 1
     pad_first: bool = True
     max_len: int | None = None

@@ -15,31 +15,20 @@ import shutil
 import sys
 import time
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ulmfit.cache import Cache
+from ulmfit.config import PrepareConfig
 from ulmfit.data.sources import ReadReport, SourceSpec, file_fingerprint, guess_format, iter_source
 from ulmfit.errors import UserError
-from ulmfit.text.vocab import VocabConfig, build_vocab, id_dtype, load_vocab, save_vocab
+from ulmfit.text.vocab import build_vocab, id_dtype, load_vocab, save_vocab
 
 # Bump when a stage's output for the same inputs changes (part of the cache keys).
 TOKENS_VERSION = 1
 NUMBERS_VERSION = 1
-
-
-@dataclass
-class PrepareConfig:
-    """Every setting of ``prepare``; the ones that change the output are in the cache keys."""
-
-    workers: int = 0  # 0 = all cores
-    chunk_docs: int = 1000  # documents per task sent to a worker
-    vocab: VocabConfig = field(default_factory=VocabConfig)
-    label_kind: str | None = None  # None = inferred (single / multi / float)
-    cache_dir: Path | None = None  # None = $ULMFIT_CACHE or ~/.cache/ulmfit
-    progress: bool | None = None  # None = only when stderr is a terminal
 
 
 @dataclass

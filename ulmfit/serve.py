@@ -37,34 +37,10 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ulmfit.config import ServeLimits, ServeSettings
 from ulmfit.errors import UserError
 
 ONEDNN_CACHE = 32  # oneDNN primitives kept by a server (see run)
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    """What one request may ask of the server, and how much work may wait."""
-
-    max_texts: int = 64  # texts in one /predict request
-    max_chars: int = 20_000  # characters in one text (about 4,000 words)
-    # characters of an /explain text (and at most max_chars): an explain is one model call,
-    # which cannot be sliced; one of 20,000 characters costs about a turn (below)
-    max_explain_chars: int = 20_000
-    max_body_bytes: int = 2_000_000  # request body, before it is parsed
-    max_batch_texts: int = 256  # texts one model call gathers from waiting requests
-    # characters one model call gathers (but at least one text): a turn, the longest a short
-    # request waits for each request ahead of it. 8 texts of max_chars: on a CPU a call of 8
-    # long texts costs little more than one of 1 (LSTM steps are sequential), so slicing
-    # finer would cost a long request most of its throughput
-    max_batch_chars: int = 160_000
-    max_queue: int = 1_000  # requests waiting for the model before 503
-    read_timeout_s: int = 30  # to receive a request's head, then again its body
-
-    def check(self) -> None:
-        bad = [f"{k} must be 1 or more" for k, v in asdict(self).items() if v < 1]
-        if bad:
-            raise UserError("; ".join(bad))
 
 
 def _malloc_trim():
@@ -111,9 +87,9 @@ class ModelWorker:
     def __init__(
         self,
         predictor,
-        max_batch_texts: int = 256,
-        max_queue: int = 1_000,
-        max_batch_chars: int = 160_000,
+        max_batch_texts: int = ServeLimits.max_batch_texts,
+        max_queue: int = ServeLimits.max_queue,
+        max_batch_chars: int = ServeLimits.max_batch_chars,
     ) -> None:
         self.predictor = predictor
         self.max_batch_texts, self.max_queue = max_batch_texts, max_queue
@@ -582,7 +558,7 @@ def default_hosts(host: str) -> list[str]:
     return list(dict.fromkeys([*named, *LOCAL_HOSTS]))
 
 
-def make_server(app, limits: ServeLimits, log_level: str = "info"):
+def make_server(app, limits: ServeLimits, log_level: str = ServeSettings.log_level):
     """The uvicorn server for ``app``: h11 with a deadline on request heads
     (:mod:`ulmfit.http_timeouts`, ``limits.read_timeout_s``) and uvicorn's keep-alive
     timeout for idle connections; on shutdown, requests still running get 10 s.
@@ -602,12 +578,12 @@ def make_server(app, limits: ServeLimits, log_level: str = "info"):
 
 def run(
     model: Path | str,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: str = ServeSettings.host,
+    port: int = ServeSettings.port,
     limits: ServeLimits | None = None,
     *,
     device: str | None = None,
-    log_level: str = "info",
+    log_level: str = ServeSettings.log_level,
     threads: int | None = None,
     allowed_hosts: list[str] | None = None,
 ) -> None:

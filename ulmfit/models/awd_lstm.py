@@ -10,61 +10,12 @@ upgrades. Dropout defaults are fastai's and scale with ``drop_mult``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-
-@dataclass(frozen=True)
-class AWDLSTMConfig:
-    """fastai's ``awd_lstm_lm_config``; ``scaled(drop_mult)`` gives the dropouts actually used."""
-
-    emb_sz: int = 400
-    n_hid: int = 1152
-    n_layers: int = 3
-    pad_token: int = 1
-    output_p: float = 0.1
-    hidden_p: float = 0.15
-    input_p: float = 0.25
-    embed_p: float = 0.02
-    weight_p: float = 0.2
-    tie_weights: bool = True
-    out_bias: bool = True
-
-    def scaled(self, drop_mult: float) -> AWDLSTMConfig:
-        return replace(
-            self,
-            output_p=self.output_p * drop_mult,
-            hidden_p=self.hidden_p * drop_mult,
-            input_p=self.input_p * drop_mult,
-            embed_p=self.embed_p * drop_mult,
-            weight_p=self.weight_p * drop_mult,
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def drop_mult_problem(self, drop_mult: float) -> str | None:
-        """What is wrong with scaling these dropouts by ``drop_mult``, if anything: every
-        probability must stay in [0, 1) (at 1 every unit is dropped and the 1/(1-p)
-        rescaling divides by zero)."""
-        largest = max(self.output_p, self.hidden_p, self.input_p, self.embed_p, self.weight_p)
-        limit = float("inf") if largest <= 0 else 1.0 / largest
-        if 0 <= drop_mult < limit:
-            return None
-        return (
-            f"drop_mult must be at least 0 and below {limit:g} (it scales dropout "
-            f"probabilities of up to {largest:g}, which must stay below 1), got {drop_mult}"
-        )
-
-
-# fastai's awd_lstm_clas_config: stronger dropouts for the classifier's encoder.
-CLASSIFIER_CONFIG = AWDLSTMConfig(
-    output_p=0.4, hidden_p=0.3, input_p=0.4, embed_p=0.05, weight_p=0.5
-)
+from ulmfit.config import AWDLSTMConfig
 
 
 def _drop_mask(x: Tensor, shape: tuple[int, ...], p: float) -> Tensor:

@@ -32,8 +32,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ulmfit.config import CLASSIFIER_CONFIG, AWDLSTMConfig
 from ulmfit.errors import UserError
-from ulmfit.models.awd_lstm import AWDLSTM, CLASSIFIER_CONFIG, AWDLSTMConfig
+from ulmfit.models.awd_lstm import AWDLSTM
 
 __all__ = [
     "PoolingLinearClassifier",

@@ -27,8 +27,9 @@ from typing import Any
 
 from torch import Tensor
 
+from ulmfit.config import AWDLSTMConfig
 from ulmfit.errors import UserError, one_line
-from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+from ulmfit.models.awd_lstm import LanguageModel
 
 MODEL_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.json"

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ulmfit.config import AWDLSTMConfig
 from ulmfit.errors import UserError, one_line
-from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+from ulmfit.models.awd_lstm import LanguageModel
 
 _RNN_KEY = re.compile(
     r"0\.rnns\.(\d+)\.(weight_hh_l0_raw|module\.(weight_ih_l0|weight_hh_l0|bias_ih_l0|bias_hh_l0))$"

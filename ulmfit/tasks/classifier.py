@@ -57,10 +57,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ulmfit.config import CLASSIFIER_CONFIG, ClassifierConfig
 from ulmfit.devices import resolve_device
 from ulmfit.errors import UserError
 from ulmfit.metrics import SUMMARY_KEYS, predictions_of, sigmoid, tune_thresholds
-from ulmfit.models.awd_lstm import CLASSIFIER_CONFIG
 from ulmfit.models.io import staged_dir
 from ulmfit.models.model_dir import (
     MODEL_DIR,
@@ -77,32 +77,6 @@ LM_DIR = "lm"
 REPORT_DIR = "report"
 DRY_RUN_ROWS = 64  # rows read from each input by a dry run
 DRY_RUN_BATCHES = 2  # optimizer steps per epoch in a dry run
-
-
-@dataclass
-class ClassifierConfig:
-    """fastai's IMDb classifier recipe (``text_classifier_learner``, gradual unfreezing)."""
-
-    lr: float = 2e-2  # peak rate of the first (head-only) stage
-    epochs: int = 2  # epochs of the last, unfrozen stage
-    bs: int = 64
-    drop_mult: float = 0.5
-    wd: float = 0.01
-    moms: tuple[float, float, float] = (0.8, 0.7, 0.8)
-    alpha: float = 2.0  # AR on the encoder outputs of real tokens (fastai's TextLearner)
-    beta: float = 1.0  # TAR on them
-    bptt: int = 72
-    max_len: int = 72 * 20
-    valid_pct: float = 0.1  # used when no validation file is given
-    seed: int = 42
-    workers: int = 0
-    cache_dir: Path | None = None
-    device: str | None = None
-    compile: bool = False  # train through torch.compile (GPU; the first steps compile)
-    label_kind: str | None = None  # "single" | "multi" | "float"; None: inferred
-    dry_run: bool = False
-    progress: bool | None = None
-    verbose: bool = True
 
 
 # fastai's IMDb recipe of gradual unfreezing: (layer groups trained, None = all; peak rate as a
@@ -417,7 +391,8 @@ def _loaders(train: LabelledDocs, valid: LabelledDocs, cfg: ClassifierConfig, di
 def _learner(model, loaders: tuple, kind: str, work: Path, dev: str, cfg: ClassifierConfig):
     """The Learner of the classifier stage: fastai's classifier settings (no clipping), AR/TAR
     on the encoder outputs, its checkpoint and logs in ``work``."""
-    from ulmfit.train import ClassifierTask, Learner, TrainConfig
+    from ulmfit.config import TrainConfig
+    from ulmfit.train import ClassifierTask, Learner
 
     tc = TrainConfig(
         moms=tuple(cfg.moms),

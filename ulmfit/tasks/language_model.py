@@ -51,9 +51,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ulmfit.config import (
+    AWDLSTMConfig,
+    FinetuneLMConfig,
+    LMTrainConfig,
+    LRFindConfig,
+    PrepareConfig,
+    PretrainConfig,
+    TrainConfig,
+    VocabConfig,
+)
 from ulmfit.devices import resolve_device
 from ulmfit.errors import UserError
-from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
+from ulmfit.models.awd_lstm import LanguageModel
 
 # ----------------------------------------------------------------------------------------
 # Corpora in token strings, and their ids in a model's vocabulary
@@ -121,7 +131,7 @@ def read_token_corpus(
         if limit_docs < 1:
             raise UserError(f"--limit-docs must be 1 or more, got {limit_docs}")
         return tokenize_texts(head_texts(specs, limit_docs))
-    from ulmfit.prepare import PrepareConfig, tokenize_stage
+    from ulmfit.prepare import tokenize_stage
 
     entry, _ = tokenize_stage(
         specs, PrepareConfig(workers=workers, cache_dir=cache_dir, progress=progress)
@@ -358,62 +368,6 @@ def lm_eval(
 # ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class LMTrainConfig:
-    """Settings shared by pretraining and fine-tuning (fastai's defaults unless noted)."""
-
-    bs: int = 64  # streams per batch
-    bptt: int = 70  # tokens per step
-    lr: float = 2e-3  # peak learning rate of the (last) one-cycle
-    epochs: int = 10
-    drop_mult: float = 0.3  # scales AWD-LSTM's dropouts
-    wd: float = 0.01  # decoupled weight decay
-    moms: tuple[float, float, float] = (0.8, 0.7, 0.8)
-    clip: float | None = 0.1  # max gradient norm
-    alpha: float = 2.0  # activation regularisation (AR)
-    beta: float = 1.0  # temporal activation regularisation (TAR)
-    seed: int = 42
-    valid_pct: float = 0.1  # share of documents held out (seeded)
-    max_vocab: int = 60000
-    min_freq: int = 3
-    workers: int = 0  # tokenizer processes (0 = all cores)
-    cache_dir: Path | None = None  # None = $ULMFIT_CACHE or ~/.cache/ulmfit
-    device: str | None = None  # None = cuda if available
-    compile: bool = False  # train through torch.compile (GPU; the first steps compile)
-    overwrite: bool = False  # replace an existing model directory at the target
-    dry_run: bool = False  # every stage on a handful of rows, a few steps per epoch
-    progress: bool | None = None  # None = bars only when stderr is a terminal
-    verbose: bool = True  # one line per epoch on stderr
-
-
-@dataclass
-class FinetuneLMConfig(LMTrainConfig):
-    """ULMFiT stage 2 as in fastai's IMDb example: ``freeze(); fit_one_cycle(1, 2e-2)``, then
-    ``unfreeze(); fit_one_cycle(10, 2e-3)``, moms (0.8, 0.7, 0.8), drop_mult 0.3."""
-
-    frozen_epochs: int = 1
-    frozen_lr: float = 2e-2
-    # False: fastai's vocabulary, from the target texts only. True: every pretrained token
-    # too, so words the target texts never (or rarely) show keep their pretrained rows.
-    keep_pretrained_vocab: bool = False
-    # the pretrained model's direction; None: its own (a fastai file: "bwd" in its name)
-    direction: str | None = None
-
-
-@dataclass
-class PretrainConfig(LMTrainConfig):
-    """A language model from scratch. Architecture: fastai's ``awd_lstm_lm_config``. Training
-    as fastai's WT103 script (one-cycle, wd 0.1, clip 0.1), with drop_mult 0.3 and peak lr
-    5e-3 at bs 64 (the shared wiki30k model used 1e-2 at bs 256 on the same corpus)."""
-
-    lr: float = 5e-3
-    wd: float = 0.1
-    emb_sz: int = 400
-    n_hid: int = 1152
-    n_layers: int = 3
-    backwards: bool = False
-
-
 DRY_RUN_ROWS = 16  # rows read from each input by --dry-run
 DRY_RUN_BATCHES = 4  # optimizer steps per epoch in a dry run
 
@@ -507,8 +461,7 @@ def corpus_folder(specs: list) -> tuple[list, list | None]:
 
 
 def _prepare(specs: list, cfg: LMTrainConfig):
-    from ulmfit.prepare import PrepareConfig, prepare
-    from ulmfit.text.vocab import VocabConfig
+    from ulmfit.prepare import prepare
 
     return prepare(
         specs,
@@ -614,7 +567,7 @@ def _device_of(cfg: LMTrainConfig) -> torch.device:
 
 
 def _learner(model, train_loader, valid_loader, cfg: LMTrainConfig, log_dir: Path):
-    from ulmfit.train import Learner, LMTask, TrainConfig
+    from ulmfit.train import Learner, LMTask
 
     tc = TrainConfig(
         moms=tuple(cfg.moms),
@@ -1188,20 +1141,6 @@ def finetune_lm(
 # ----------------------------------------------------------------------------------------
 # Learning-rate range test on the model and data training would use
 # ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class LRFindConfig:
-    """``--lr-find``: fastai's range test (rate from ``start_lr`` to ``end_lr`` over ``num_it``
-    steps). ``plot``: where the PNG goes (None: ``DIR.lr_find.png`` next to ``--out``).
-    ``stage`` (fine-tuning only): ``"frozen"`` tests the first stage (only the last layer group
-    trains), ``"unfrozen"`` all groups, both on the remapped pretrained weights."""
-
-    plot: Path | None = None
-    stage: str = "frozen"
-    start_lr: float = 1e-7
-    end_lr: float = 10.0
-    num_it: int = 100
 
 
 def _lr_find(s: _Setup, cfg: LMTrainConfig, find: LRFindConfig, plot: Path, freeze: bool) -> dict:

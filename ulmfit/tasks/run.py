@@ -50,6 +50,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ulmfit.config import ClassifierConfig, FinetuneLMConfig
 from ulmfit.data.labels import read_labels
 from ulmfit.errors import UserError
 from ulmfit.metrics import SUMMARY_KEYS, predictions_of, sigmoid, tune_thresholds
@@ -60,7 +61,6 @@ from ulmfit.tasks.classifier import (
     LM_DIR,
     REPORT_DIR,
     WORK_DIR,
-    ClassifierConfig,
     _check_config,
     check_training_labels,
     clear_report,
@@ -80,8 +80,6 @@ _FREE = ("workers", "cache_dir", "device", "compile", "overwrite", "progress", "
 def lm_config_for(cfg: ClassifierConfig, **changes):
     """The language-model fine-tuning settings that go with a classifier run: same device,
     seed, workers, cache and output, fastai's LM defaults otherwise (``changes`` override)."""
-    from ulmfit.tasks.language_model import FinetuneLMConfig
-
     return FinetuneLMConfig(
         device=cfg.device,
         compile=cfg.compile,

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ulmfit.config import VocabConfig
 from ulmfit.errors import UserError
 from ulmfit.text.rules import SPECIAL_TOKENS
-
-
-@dataclass(frozen=True)
-class VocabConfig:
-    """fastai's defaults: at most 60,000 tokens, each seen at least 3 times."""
-
-    max_vocab: int = 60000
-    min_freq: int = 3
 
 
 def build_vocab(

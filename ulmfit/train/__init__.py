@@ -7,7 +7,6 @@ from ulmfit.train.learner import (
     LMTask,
     StepOutput,
     Task,
-    TrainConfig,
     read_jsonl,
 )
 from ulmfit.train.lr_find import LRFindResult, lr_find
@@ -22,7 +21,6 @@ __all__ = [
     "Schedule",
     "StepOutput",
     "Task",
-    "TrainConfig",
     "discriminative_lrs",
     "lr_find",
     "one_cycle",

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -51,12 +51,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ulmfit.atomic import atomic_write as _atomic_write  # the shared one
+from ulmfit.config import AmpMode, TrainConfig
 from ulmfit.errors import UserError
 from ulmfit.report import plot_losses
 from ulmfit.train import distributed, optim
 from ulmfit.train.schedules import Schedule, ScheduleName
-
-AmpMode = Literal["auto", "bf16", "fp16", "off"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -64,33 +63,6 @@ STEPS = "steps.jsonl"
 LOSS_PLOT = "loss.png"
 _FORMAT = 1
 _RANK_SEED_STRIDE = 1_000_003  # rank r seeds epoch e with seed + e + r * stride
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every default of the training engine, in one place (fastai's ULMFiT values)."""
-
-    # schedule (fastai fit_one_cycle; ULMFiT paper's STLR)
-    moms: tuple[float, float, float] = (0.8, 0.7, 0.8)
-    pct_start: float = 0.25
-    div: float = 25.0
-    div_final: float = 1e5
-    cut_frac: float = 0.1
-    ratio: float = 32.0
-    # optimizer: AdamW, decoupled ("true") weight decay as fastai
-    wd: float = 0.01
-    beta2: float = 0.99
-    eps: float = 1e-5
-    # loop
-    clip: float | None = 0.1  # max grad norm; 0.1 is fastai's AWD-LSTM LM setting
-    seed: int = 42
-    amp: AmpMode = "auto"  # CUDA: bf16 if supported, else fp16 + GradScaler; CPU: off
-    compile: bool = False  # train through torch.compile(model) (first steps pay compilation)
-    device: str | None = None  # None: cuda if available, else cpu
-    progress: bool | None = None  # None: a bar only when stderr is a terminal
-    verbose: bool = True  # one summary line per epoch on stderr
-    plot: bool = True  # rewrite loss.png after every epoch
-    smooth_beta: float = 0.98  # running-loss smoothing of the bar and of lr_find
 
 
 # --------------------------------------------------------------------------------------
@@ -776,7 +748,6 @@ __all__ = [
     "Learner",
     "StepOutput",
     "Task",
-    "TrainConfig",
     "amp_plan",
     "mean_metrics",
     "read_jsonl",

@@ -20,10 +20,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ulmfit.config import TrainConfig
+
 LrSpec = float | slice | Sequence[float]
 
-# fastai's optimizer defaults (also in ulmfit.train.learner.TrainConfig; a test keeps them equal)
-BETA1, BETA2, EPS, WD = 0.8, 0.99, 1e-5, 0.01
+# fastai's optimizer defaults: those of TrainConfig (beta1 starts at the first momentum)
+BETA1, BETA2, EPS, WD = TrainConfig.moms[0], TrainConfig.beta2, TrainConfig.eps, TrainConfig.wd
 
 
 def param_groups(

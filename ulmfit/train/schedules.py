@@ -23,10 +23,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from ulmfit.config import TrainConfig
+
 ScheduleName = Literal["one_cycle", "stlr"]
 
-# fastai / ULMFiT defaults, repeated in ulmfit.train.learner.TrainConfig (a test keeps them equal)
-MOMS: tuple[float, float, float] = (0.8, 0.7, 0.8)
+# fastai / ULMFiT defaults: those of TrainConfig
+MOMS: tuple[float, float, float] = TrainConfig.moms
 
 
 def cos_anneal(start: float, end: float, pct: float) -> float:
@@ -59,9 +61,9 @@ def one_cycle(
     step: int,
     total_steps: int,
     *,
-    div: float = 25.0,
-    div_final: float = 1e5,
-    pct_start: float = 0.25,
+    div: float = TrainConfig.div,
+    div_final: float = TrainConfig.div_final,
+    pct_start: float = TrainConfig.pct_start,
     moms: tuple[float, float, float] = MOMS,
 ) -> tuple[float, float]:
     """fastai's one-cycle policy at ``step`` of ``total_steps``: ``(lr / lr_max, beta1)``."""
@@ -75,8 +77,8 @@ def stlr(
     step: int,
     total_steps: int,
     *,
-    cut_frac: float = 0.1,
-    ratio: float = 32.0,
+    cut_frac: float = TrainConfig.cut_frac,
+    ratio: float = TrainConfig.ratio,
     mom: float = MOMS[1],
 ) -> tuple[float, float]:
     """ULMFiT's slanted triangular learning rate at ``step``: ``(lr / lr_max, beta1)``.
@@ -98,12 +100,12 @@ class Schedule:
     check that it continues the same schedule)."""
 
     name: ScheduleName = "one_cycle"
-    div: float = 25.0
-    div_final: float = 1e5
-    pct_start: float = 0.25
+    div: float = TrainConfig.div
+    div_final: float = TrainConfig.div_final
+    pct_start: float = TrainConfig.pct_start
     moms: tuple[float, float, float] = MOMS
-    cut_frac: float = 0.1
-    ratio: float = 32.0
+    cut_frac: float = TrainConfig.cut_frac
+    ratio: float = TrainConfig.ratio
 
     def __post_init__(self) -> None:
         if self.name not in ("one_cycle", "stlr"):
