@@ -454,12 +454,13 @@ def predict_logits(
 ):
     """Logits ``(n_docs, n_out)`` in input order (sorted batches, order restored). On a GPU
     the forward pass runs under the same mixed precision as training (``amp``, see
-    :func:`ulmfit.train.learner.amp_plan`), with batches copied ahead of use; on a CPU in
+    :func:`ulmfit.train.amp.amp_plan`), with batches copied ahead of use; on a CPU in
     full precision."""
     import contextlib
 
     from ulmfit.loaders import ClassifierLoader, restore_order
-    from ulmfit.train.learner import amp_plan, device_batches
+    from ulmfit.train.amp import amp_plan
+    from ulmfit.train.prefetch import device_batches
 
     dev = torch.device(device or next(model.parameters()).device)
     model.to(dev).eval()
@@ -659,23 +660,18 @@ _STAGE_FILE = "stage_key"
 
 
 def _open_work(work: Path, stage_key: str | None, cfg: ClassifierConfig) -> bool:
-    """Whether to resume the interrupted training in ``work`` (same ``stage_key``);
-    otherwise ``work`` is emptied and stamped with the key."""
+    """Whether to resume the interrupted training in ``work`` (same ``stage_key``, and a
+    checkpoint); otherwise ``work`` is emptied and stamped with the key (if any)."""
+    from ulmfit.train.checkpoint import StageFolder
     from ulmfit.train.learner import CHECKPOINT
 
-    if stage_key is not None and (work / CHECKPOINT).is_file():
-        try:
-            same = (work / _STAGE_FILE).read_text(encoding="utf-8").strip() == stage_key
-        except OSError:
-            same = False
-        if same:
-            _say(cfg, f"classifier: continuing the interrupted training in {work}")
-            return True
-    if work.exists():
-        shutil.rmtree(work)
-    if stage_key is not None:
-        work.mkdir(parents=True)
-        (work / _STAGE_FILE).write_text(stage_key, encoding="utf-8")
+    if stage_key is None:
+        if work.exists():
+            shutil.rmtree(work)
+        return False
+    if StageFolder(work, work / _STAGE_FILE).open(stage_key, needs=work / CHECKPOINT) == "resume":
+        _say(cfg, f"classifier: continuing the interrupted training in {work}")
+        return True
     return False
 
 
