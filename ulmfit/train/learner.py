@@ -1,9 +1,10 @@
 """The fit loop: one-cycle / STLR training with discriminative rates, clipping, AMP, logs,
 atomic per-epoch checkpoints and exact resume.
 
-What differs between a language model and a classifier lives in a :class:`Task` (how to
-compute a training loss from a batch, what to sum during validation, what to do at the
-start of an epoch); the :class:`Learner` owns everything else. The loop is deliberately
+What differs between a language model and a classifier lives in a
+:class:`~ulmfit.train.tasks.Task` (how to compute a training loss from a batch, what to sum
+during validation, what to do at the start of an epoch); the :class:`Learner` owns everything
+else. The loop is deliberately
 flat -- no callback system: each feature is a few visible lines in ``_train_epoch``.
 
 Reproducibility and resume. Every epoch starts with ``torch.manual_seed(seed + epoch)`` and
@@ -286,7 +287,9 @@ class Learner:
         return torch.autocast(self.device.type, dtype=self.amp.dtype)
 
     def train_step(self, batch: Any) -> tuple[float, int, float | None, dict]:
-        """Forward, backward, clip, step. Returns (reported loss, n, grad norm, extras)."""
+        """Forward, backward, clip, step at the optimizer's current rates (the fit loop and
+        :func:`~ulmfit.train.lr_find.lr_find` set them). Returns (reported loss, n, grad
+        norm, extras)."""
         batch = to_device(batch, self.device)
         with self._autocast():
             out = self.task.train_step(self._net(), batch)
