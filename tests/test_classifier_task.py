@@ -78,7 +78,7 @@ def test_fit_then_evaluate(capsys, setup, tmp_path, monkeypatch):
     # gradual unfreezing (4 groups: embedding, 2 LSTMs, head): -1, -2, -3, then unfrozen
     assert [r["stage"] for r in report["history"]] == [0, 1, 2, 3]
     # fastai's stage rates 2e-2, 1e-2, 5e-3, 1e-3: the same one-cycle shape scaled per stage
-    from ulmfit.train.learner import read_jsonl
+    from ulmfit.train.jsonl import read_jsonl
 
     steps = read_jsonl(out / "report" / "train" / "steps.jsonl")
     lrs = [[r["lr"] for r in steps if r["stage"] == k] for k in range(4)]

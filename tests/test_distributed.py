@@ -19,7 +19,8 @@ import pytest
 from conftest import REPO, trec_rows, write_csv
 
 from ulmfit.loaders import ClassifierLoader, shard_batches
-from ulmfit.train.learner import CHECKPOINT, read_jsonl
+from ulmfit.train.jsonl import read_jsonl
+from ulmfit.train.learner import CHECKPOINT
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 ULMFIT = Path(sys.executable).with_name("ulmfit")

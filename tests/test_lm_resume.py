@@ -20,7 +20,8 @@ from ulmfit.config import AWDLSTMConfig
 from ulmfit.models.awd_lstm import LanguageModel
 from ulmfit.models.io import MODEL_FILE, save_model_dir
 from ulmfit.text.rules import SPECIAL_TOKENS
-from ulmfit.train.learner import CHECKPOINT, read_jsonl
+from ulmfit.train.jsonl import read_jsonl
+from ulmfit.train.learner import CHECKPOINT
 
 ROWS = 60
 TINY = AWDLSTMConfig(emb_sz=8, n_hid=16, n_layers=2)

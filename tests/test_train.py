@@ -34,8 +34,8 @@ from ulmfit.train import (
     ulmfit_lrs,
 )
 from ulmfit.train import optim as optim_mod
-from ulmfit.train.learner import AmpPlan, amp_plan
-from ulmfit.train.lr_find import steepest, valley
+from ulmfit.train.amp import AmpPlan, amp_plan
+from ulmfit.train.lr_find import lr_find, steepest, valley
 
 TESTS = Path(__file__).resolve().parent
 VOCAB = 50
@@ -396,7 +396,7 @@ def test_lr_find_suggests_and_restores(tmp_path):
         for k, s in learner.opt.state_dict()["state"].items()
     }
     rng_before = torch.get_rng_state()
-    res = learner.lr_find(num_it=40)
+    res = lr_find(learner, num_it=40)
     assert 1e-7 <= res.suggestion <= 10 and math.isfinite(res.suggestion)
     assert math.isfinite(res.steep) and math.isfinite(res.minimum)
     assert len(res.lrs) == len(res.losses) == len(res.raw_losses) <= 40
@@ -413,7 +413,7 @@ def test_lr_find_suggests_and_restores(tmp_path):
 
 def test_lr_find_stops_when_loss_diverges(tmp_path):
     learner = make_lm_learner(tmp_path, clip=None)
-    res = learner.lr_find(start_lr=1e-3, end_lr=1e4, num_it=100, plot=False)
+    res = lr_find(learner, start_lr=1e-3, end_lr=1e4, num_it=100, plot=False)
     assert len(res.lrs) < 100 and res.plot is None
     assert res.losses[-1] > 4 * min(res.losses) or not math.isfinite(res.losses[-1])
 
@@ -483,7 +483,7 @@ def test_amp_on_cuda(tmp_path, mode):
 
 
 def test_device_batches_on_cpu_moves_each_batch_as_reached():
-    from ulmfit.train.learner import device_batches
+    from ulmfit.train.prefetch import device_batches
 
     pulled = []
 
@@ -502,7 +502,7 @@ def test_device_batches_on_cpu_moves_each_batch_as_reached():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_device_batches_on_cuda_prefetches_pinned_copies():
-    from ulmfit.train.learner import device_batches
+    from ulmfit.train.prefetch import device_batches
 
     src = [(torch.arange(k, k + 1000), torch.full((4,), k)) for k in range(5)]
     got = []

@@ -6,6 +6,11 @@ collide), are flushed to disk, and the temp is renamed over the target; on any e
 Ctrl-C the temp is removed and the target is left as it was. A reader, or a resume after
 SIGKILL or power loss, sees the old file or the new one, never half of one.
 
+``staged_folder`` is the same for a folder of files (a model directory, a cache entry, a
+training folder): it is built under a unique temp name beside its target, and the caller
+renames it into place (each in its own way: replacing a previous model directory, or not);
+on any error the temp folder is removed.
+
 ``write_output`` is how a command writes its ``--out FILE``: ``check_output`` first (also
 called by the commands before their heavy work, so a bad path costs nothing), then
 ``atomic_write``. Stdlib only: the commands that use it must not wait for torch.
@@ -15,8 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,26 @@ def atomic_write(path: Path | str, write: Callable[[Any], None], mode: str = "wb
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def staged_folder(path: Path | str, prefix: str | None = None) -> Iterator[Path]:
+    """An empty temp folder beside ``path``, named ``PREFIX-PID-HEX`` (``PREFIX``: default
+    ``.NAME.tmp``), for the caller to fill and rename to ``path`` inside the ``with``; it is
+    removed when the block ends without that rename (an error, Ctrl-C). A parent folder that
+    cannot be created is a UserError naming it."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{path.parent}: cannot create the folder: {e.strerror}") from None
+    name = f".{path.name}.tmp" if prefix is None else prefix
+    tmp = path.parent / f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already once renamed into place
 
 
 def is_within(path: Path | str, other: Path | str) -> bool:
@@ -108,4 +134,4 @@ def write_output(
     return path
 
 
-__all__ = ["atomic_write", "check_output", "is_within", "write_output"]
+__all__ = ["atomic_write", "check_output", "is_within", "staged_folder", "write_output"]

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ulmfit.atomic import atomic_write, staged_folder
 from ulmfit.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -93,9 +94,7 @@ class Cache:
                 return found, False
             self._sweep(stage, key)
             final = self.path(stage, key)
-            tmp = final.parent / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir(parents=True)
-            try:
+            with staged_folder(final, prefix=f".tmp-{key}") as tmp:  # the name _sweep knows
                 meta = write(tmp)
                 files = {
                     p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
@@ -103,13 +102,10 @@ class Cache:
                     if p.is_file()
                 }
                 manifest = {"stage": stage, "key": key, "files": files, "meta": meta}
-                _write_json_synced(tmp / MANIFEST, manifest)
+                atomic_write(tmp / MANIFEST, lambda f: json.dump(manifest, f), "w")
                 if final.exists():  # a damaged (or manifest-less) entry: replace it
                     self._discard(final)
                 os.rename(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
             return final, True
 
     def _intact(self, entry: Path) -> bool:
@@ -179,10 +175,3 @@ def _owner_key(name: str) -> str | None:
         parts = name[len(".trash-") :].rsplit("-", 1)
         return parts[0] if len(parts) == 2 else None
     return None
-
-
-def _write_json_synced(path: Path, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())

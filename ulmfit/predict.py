@@ -60,7 +60,8 @@ def predict_logits(
     import torch
 
     from ulmfit.loaders import ClassifierLoader, restore_order
-    from ulmfit.train.learner import amp_plan, device_batches
+    from ulmfit.train.amp import amp_plan
+    from ulmfit.train.prefetch import device_batches
 
     dev = torch.device(device or next(model.parameters()).device)
     model.to(dev).eval()

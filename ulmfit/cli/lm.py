@@ -98,7 +98,7 @@ def _lr_find_config(args: argparse.Namespace) -> LRFindConfig:
 
 def _train(args: argparse.Namespace, run) -> int:
     """Run a training command; on Ctrl-C say where the resumable state is."""
-    from ulmfit.tasks.language_model import partial_dir
+    from ulmfit.tasks.lm_partial import partial_dir
 
     try:
         result = run()

@@ -28,8 +28,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ulmfit import __version__
+from ulmfit.atomic import atomic_write
 from ulmfit.cache import file_sha256 as sha256_file
 from ulmfit.errors import UserError
 
@@ -123,57 +125,41 @@ def download(entry: Dataset, dest_root: Path | str, url: str | None = None) -> P
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
 
-    temps: list[Path] = []
-
-    def temp(suffix: str) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-        os.close(fd)
-        temps.append(Path(name))
-        return temps[-1]
-
-    try:
-        fetched = temp(".download")
-        _fetch(url, fetched)
+    def write(f: BinaryIO) -> None:  # the file's bytes, checked before it is renamed in place
         if entry.member is None:
-            extracted = fetched
+            _fetch(url, f)
         else:
-            extracted = temp(".part")
-            _extract_member(fetched, entry.member, extracted, url)
-        got = sha256_file(extracted)
+            with tempfile.TemporaryFile(prefix=f".{target.name}.", dir=target.parent) as archive:
+                _fetch(url, archive)
+                archive.seek(0)
+                _extract_member(archive, entry.member, f, url)
+        f.flush()
+        got = sha256_file(Path(f.name))
         if got != entry.sha256:
             raise UserError(
                 f"checksum mismatch for {url} ({entry.member or entry.path}): "
                 f"expected sha256 {entry.sha256}, got {got}"
             )
-        # Another process may have finished the same download meanwhile: keep its good file.
-        if _is_good(target, entry.sha256):
-            return target
-        os.chmod(extracted, 0o644)
-        os.replace(extracted, target)
-        temps.remove(extracted)
-        return target
-    finally:
-        for p in temps:
-            with contextlib.suppress(OSError):
-                p.unlink()
+
+    atomic_write(target, write)
+    return target
 
 
 def _is_good(path: Path, sha256: str) -> bool:
     return path.is_file() and sha256_file(path) == sha256
 
 
-def _fetch(url: str, out: Path) -> None:
-    """Stream ``url`` into ``out``; a progress bar is shown only when stderr is a terminal."""
+def _fetch(url: str, f: BinaryIO) -> None:
+    """Stream ``url`` into the file ``f``; a progress bar is shown only when stderr is a
+    terminal."""
     request = urllib.request.Request(url, headers={"User-Agent": f"ulmfit/{__version__}"})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response, open(out, "wb") as f:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with _progress(total, url) as bar:
                 while chunk := response.read(_CHUNK):
                     f.write(chunk)
                     bar.update(len(chunk))
-            f.flush()
-            os.fsync(f.fileno())
             if total is not None and f.tell() != total:
                 raise UserError(
                     f"download failed: {url}: connection closed after {f.tell()} of {total} bytes"
@@ -203,11 +189,11 @@ def _progress(total: int | None, url: str):
         yield bar
 
 
-def _extract_member(archive: Path, member: str, out: Path, url: str) -> None:
+def _extract_member(archive: BinaryIO, member: str, out: BinaryIO, url: str) -> None:
     """Copy the regular file ``member`` of the tar ``archive`` into ``out``; nothing else is read
     out of the archive and the member's own name is never used as a path."""
     try:
-        with tarfile.open(archive, mode="r:*") as tar:
+        with tarfile.open(fileobj=archive, mode="r:*") as tar:
             info = None
             for candidate in tar:  # the last one of that name wins, as with tar itself
                 if candidate.name.removeprefix("./") == member:
@@ -219,9 +205,7 @@ def _extract_member(archive: Path, member: str, out: Path, url: str) -> None:
             src = tar.extractfile(info)
             if src is None:  # pragma: no cover - isfile() members always have data
                 raise UserError(f"download failed: {url}: cannot read {member}")
-            with src, open(out, "wb") as f:
-                shutil.copyfileobj(src, f, _CHUNK)
-                f.flush()
-                os.fsync(f.fileno())
+            with src:
+                shutil.copyfileobj(src, out, _CHUNK)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise UserError(f"download failed: {url}: not a readable tar archive ({e})") from None

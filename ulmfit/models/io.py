@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ulmfit.atomic import staged_folder
 from ulmfit.config import AWDLSTMConfig
 from ulmfit.errors import UserError, one_line
 from ulmfit.models.awd_lstm import LanguageModel
@@ -174,18 +175,9 @@ def staged_dir(path: Path | str, overwrite: bool = False):
     """Yield a temporary folder next to ``path``; on success it becomes ``path`` in one rename,
     on any error (or Ctrl-C) it is removed and ``path`` is left as it was."""
     path = check_target(Path(path), overwrite)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{path.parent}: cannot create the folder: {e.strerror}") from None
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staged_folder(path) as tmp:
         yield tmp
         _publish(tmp, path, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def save_model_dir(

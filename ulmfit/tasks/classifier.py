@@ -248,23 +248,18 @@ _STAGE_FILE = "stage_key"
 
 
 def _open_work(work: Path, stage_key: str | None, cfg: ClassifierConfig) -> bool:
-    """Whether to resume the interrupted training in ``work`` (same ``stage_key``);
-    otherwise ``work`` is emptied and stamped with the key."""
+    """Whether to resume the interrupted training in ``work`` (same ``stage_key``, and a
+    checkpoint); otherwise ``work`` is emptied and stamped with the key (if any)."""
+    from ulmfit.train.checkpoint import StageFolder
     from ulmfit.train.learner import CHECKPOINT
 
-    if stage_key is not None and (work / CHECKPOINT).is_file():
-        try:
-            same = (work / _STAGE_FILE).read_text(encoding="utf-8").strip() == stage_key
-        except OSError:
-            same = False
-        if same:
-            _say(cfg, f"classifier: continuing the interrupted training in {work}")
-            return True
-    if work.exists():
-        shutil.rmtree(work)
-    if stage_key is not None:
-        work.mkdir(parents=True)
-        (work / _STAGE_FILE).write_text(stage_key, encoding="utf-8")
+    if stage_key is None:
+        if work.exists():
+            shutil.rmtree(work)
+        return False
+    if StageFolder(work, work / _STAGE_FILE).open(stage_key, needs=work / CHECKPOINT) == "resume":
+        _say(cfg, f"classifier: continuing the interrupted training in {work}")
+        return True
     return False
 
 

@@ -37,11 +37,9 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -64,6 +62,14 @@ from ulmfit.config import (
 from ulmfit.devices import resolve_device
 from ulmfit.errors import UserError
 from ulmfit.models.awd_lstm import LanguageModel
+from ulmfit.tasks.lm_partial import (
+    BEFORE_FILE,
+    check_same,
+    create_partial,
+    lr_find_plot_path,
+    open_partial,
+    run_settings,
+)
 
 # ----------------------------------------------------------------------------------------
 # Corpora in token strings, and their ids in a model's vocabulary
@@ -646,38 +652,8 @@ def _say(cfg: LMTrainConfig, msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-# The training folder DIR.partial: resumable until the model directory is published
+# Starting and publishing a run in DIR.partial (the folder itself: ulmfit.tasks.lm_partial)
 # ----------------------------------------------------------------------------------------
-
-PARTIAL_SUFFIX = ".partial"
-RUN_FILE = "run.json"  # the settings a --resume must repeat
-BEFORE_FILE = "before.json"  # fine-tuning: held-out metrics of the untrained model
-LR_FIND_SUFFIX = ".lr_find.png"
-_RUN_FORMAT = 1
-# Settings that do not change the trained weights; a resumed run may use other values.
-_FREE_SETTINGS = ("workers", "cache_dir", "device", "overwrite", "progress", "verbose")
-_WHAT_DIFFERS = {
-    "format": "it was written by another version of ulmfit",
-    "data": "the training data differ (other files or contents, text columns, or vocabulary "
-    "settings)",
-    "valid": "the --valid corpus differs",
-    "pretrained": "the --pretrained model (or its --vocab) differs",
-}
-
-
-def partial_dir(out_dir: Path | str) -> Path:
-    """``DIR.partial`` next to the target ``DIR``: where a run keeps its run.json, checkpoint
-    and logs until the model directory is published."""
-    p = Path(out_dir)
-    if p.name in ("", ".", ".."):
-        p = Path(os.path.abspath(p))
-    return p.with_name(p.name + PARTIAL_SUFFIX)
-
-
-def lr_find_plot_path(out_dir: Path | str) -> Path:
-    """Default plot of ``--lr-find``: ``DIR.lr_find.png`` next to the target ``DIR``."""
-    p = partial_dir(out_dir)
-    return p.with_name(p.name[: -len(PARTIAL_SUFFIX)] + LR_FIND_SUFFIX)
 
 
 def _begin_run(kind: str, cfg, out_dir, resume: bool):
@@ -691,102 +667,13 @@ def _begin_run(kind: str, cfg, out_dir, resume: bool):
     main = distributed.is_main()
     cfg = cfg if main else replace(cfg, verbose=False, progress=False)
     t0 = time.perf_counter()
-    run = _run_settings(kind, cfg)
+    run = run_settings(kind, _jsonable(cfg))
 
     def open_run() -> tuple[Path, Path, dict | None]:
         out = check_target(Path(out_dir), cfg.overwrite)
-        return (out, *_open_partial(out, run, resume, cfg))
+        return (out, *open_partial(out, run, resume, cfg.verbose))
 
     return cfg, main, t0, run, distributed.on_main(open_run)
-
-
-def _run_settings(command: str, cfg: LMTrainConfig) -> dict:
-    config = {k: v for k, v in _jsonable(cfg).items() if k not in _FREE_SETTINGS}
-    return {"format": _RUN_FORMAT, "command": command, "config": config}
-
-
-def _show(v: object) -> str:
-    return "unset" if v is None else json.dumps(v)
-
-
-def _check_same(partial: Path, old: dict, new: dict, keys: Sequence[str]) -> None:
-    """UserError naming the first setting of ``keys`` where ``new`` differs from ``old``."""
-    new = json.loads(json.dumps(new))  # tuples -> lists, as stored
-    for key in keys:
-        a, b = old.get(key), new.get(key)
-        if a == b:
-            continue
-        if key == "config" and isinstance(a, dict) and isinstance(b, dict):
-            k = next(k for k in [*b, *a] if a.get(k) != b.get(k))
-            what = f"--{k.replace('_', '-')} was {_show(a.get(k))} there, now {_show(b.get(k))}"
-        elif key == "command":
-            what = f"it is an unfinished {_show(a)} run, this is {_show(b)}"
-        else:
-            what = _WHAT_DIFFERS.get(key, f"{key} differs")
-        raise UserError(
-            f"cannot resume {partial}: {what}; repeat the original settings with --resume, "
-            f"or remove {partial} to start over"
-        )
-
-
-def _read_run(partial: Path) -> dict:
-    file = partial / RUN_FILE
-    if not partial.is_dir():
-        raise UserError(f"{partial}: exists and is not a folder; remove it to start over")
-    try:
-        run = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(
-            f"{partial}: no {RUN_FILE}, not a ulmfit training folder; remove it to start over"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{file}: cannot read ({e}); remove {partial} to start over") from None
-    if not isinstance(run, dict):
-        raise UserError(f"{file}: expected a JSON object; remove {partial} to start over")
-    return run
-
-
-def _open_partial(
-    out_dir: Path, run: dict, resume: bool, cfg: LMTrainConfig
-) -> tuple[Path, dict | None]:
-    """Before any heavy work: ``(DIR.partial, its run.json)`` to resume, or ``(DIR.partial,
-    None)`` to start fresh. An unfinished run is never discarded silently."""
-    partial = partial_dir(out_dir)
-    exists = partial.exists() or partial.is_symlink()
-    if not resume:
-        if exists:
-            raise UserError(
-                f"{partial}: an unfinished training run for --out {out_dir} is there; pass "
-                "--resume to continue it, or remove that folder to start over"
-            )
-        return partial, None
-    if not exists:
-        _say(cfg, f"--resume: no unfinished run in {partial}; starting fresh")
-        return partial, None
-    previous = _read_run(partial)
-    _check_same(partial, previous, run, ("format", "command", "config"))
-    return partial, previous
-
-
-def _create_partial(partial: Path, run: dict, before: dict | None = None) -> None:
-    """``DIR.partial`` with its run.json (and before.json), created in one rename."""
-    from ulmfit.train.learner import _atomic_write
-
-    try:
-        partial.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{partial.parent}: cannot create the folder: {e.strerror}") from None
-    tmp = partial.parent / f".{partial.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
-        files = {RUN_FILE: run, **({BEFORE_FILE: before} if before is not None else {})}
-        for name, obj in files.items():
-            text = json.dumps(obj, indent=1)
-            _atomic_write(tmp / name, lambda f, text=text: f.write(text), "w")
-        os.rename(tmp, partial)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{partial}: cannot create the training folder: {e}") from None
 
 
 @contextmanager
@@ -1015,10 +902,10 @@ def pretrain(
 
     def start_run() -> None:
         if previous is not None:
-            _check_same(partial, previous, run, ("data", "valid"))
+            check_same(partial, previous, run, ("data", "valid"))
             _say(cfg, f"--resume: continuing the unfinished run in {partial}")
         else:
-            _create_partial(partial, run)
+            create_partial(partial, run)
 
     distributed.on_main(start_run)
     with _keep_if_resumable(partial, created=previous is None and main):
@@ -1081,7 +968,7 @@ def finetune_lm(
     loaded = _load_pretrained(pretrained, vocab, cfg)
     run["pretrained"] = loaded[3]
     if previous is not None:
-        distributed.on_main(lambda: _check_same(partial, previous, run, ("pretrained",)))
+        distributed.on_main(lambda: check_same(partial, previous, run, ("pretrained",)))
     s = _finetune_setup(specs, loaded, cfg)
     del loaded
     run.update(s.keys)
@@ -1089,13 +976,13 @@ def finetune_lm(
     def start_run() -> dict | None:
         before = None
         if previous is not None:
-            _check_same(partial, previous, run, ("data",))
+            check_same(partial, previous, run, ("data",))
             with contextlib.suppress(OSError, ValueError):
                 before = json.loads((partial / BEFORE_FILE).read_text(encoding="utf-8"))
         if before is None:  # a fresh run (or a before.json removed by hand)
             before = lm_eval(s.model, s.vocab, s.valid_docs)
         if previous is None:
-            _create_partial(partial, run, before)
+            create_partial(partial, run, before)
         else:
             _say(cfg, f"--resume: continuing the unfinished run in {partial}")
         return before
@@ -1147,6 +1034,7 @@ def _lr_find(s: _Setup, cfg: LMTrainConfig, find: LRFindConfig, plot: Path, free
     import tempfile
 
     from ulmfit.train import distributed
+    from ulmfit.train.lr_find import lr_find
 
     if distributed.env_world()[1] > 1:
         raise UserError("--lr-find runs in one process: start it with python, not torchrun")
@@ -1155,8 +1043,8 @@ def _lr_find(s: _Setup, cfg: LMTrainConfig, find: LRFindConfig, plot: Path, free
         learn = _learner(s.model, s.train_loader, None, cfg, Path(logs))
         if freeze:
             learn.freeze()
-        res = learn.lr_find(
-            start_lr=find.start_lr, end_lr=find.end_lr, num_it=find.num_it, plot=plot
+        res = lr_find(
+            learn, start_lr=find.start_lr, end_lr=find.end_lr, num_it=find.num_it, plot=plot
         )
     return {
         "suggestion": res.suggestion,

@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -67,14 +66,14 @@ from ulmfit.tasks.classifier import (
     evaluate,
     fit_classifier,
 )
+from ulmfit.tasks.lm_partial import partial_dir
+from ulmfit.train.checkpoint import StageFolder, result_settings
 
 STAGES_FILE = "stages.json"
 DRY_RUN_SUFFIX = ".dry-run"
 DIRECTIONS = ("fwd", "bwd", "both")
 _KEY_FORMAT = 1
 _CLASSIFIER_RECIPE = 2  # 2: the stage rates became fastai's (lr/2, lr/4, lr/20)
-# settings that do not change a stage's result
-_FREE = ("workers", "cache_dir", "device", "compile", "overwrite", "progress", "verbose")
 
 
 def lm_config_for(cfg: ClassifierConfig, **changes):
@@ -111,7 +110,7 @@ def _digest(obj: object) -> str:
 def _settings(cfg) -> dict:
     from ulmfit.tasks.language_model import _jsonable
 
-    return {k: v for k, v in _jsonable(cfg).items() if k not in _FREE}
+    return result_settings(_jsonable(cfg))
 
 
 def _spec_key(spec) -> dict:
@@ -208,22 +207,22 @@ def _done(out_dir: Path, name: str, key: str, *files: Path) -> bool:
 class _Stage:
     """One stage as this run would make it: its key and what the key is made of (``parts``,
     to name what changed), the folders it publishes (relative to RUN), the file holding the
-    key of its interrupted attempt, and the stages it is built on."""
+    key of its interrupted attempt and the folder of that attempt (a StageFolder's stamp and
+    path), and the stages it is built on."""
 
     name: str
     key: str
     parts: dict
     folders: tuple[str, ...]
     attempt: str | None = None
+    attempt_folder: str | None = None
     after: tuple[str, ...] = ()
 
 
 def _attempt_key(out_dir: Path, stage: _Stage) -> str | None:
     if stage.attempt is None:
         return None
-    with contextlib.suppress(OSError):
-        return (out_dir / stage.attempt).read_text(encoding="utf-8").strip()
-    return None
+    return StageFolder(out_dir / stage.attempt_folder, out_dir / stage.attempt).key()
 
 
 def _what_changed(old: dict | None, new: dict) -> str:
@@ -307,29 +306,24 @@ def dry_run_dir(out_dir: Path | str) -> Path:
 
 def _lm_stage(texts, pretrained, vocab, run_dir: Path, stage: _Stage, lm_cfg, cfg) -> dict:
     """Fine-tune (or reuse, or continue) the language model of one direction."""
-    from ulmfit.tasks.language_model import _result, finetune_lm, partial_dir
+    from ulmfit.tasks.language_model import _result, finetune_lm
     from ulmfit.train import distributed
 
     name, key = stage.name, stage.key
     target = run_dir / name
     report = target / "report.json"
-    attempt = run_dir / stage.attempt  # the key of the run that owns RUN/<name>.partial
+    # RUN/<name>.partial, stamped with the key of the run that owns it
+    attempt = StageFolder(run_dir / stage.attempt_folder, run_dir / stage.attempt)
 
     def plan() -> tuple[dict | None, bool]:  # rank 0: (reused result, or None; resume?)
         if _done(run_dir, name, key, target / "config.json", report):
             _say(cfg, f"{target}: unchanged inputs and settings, reused")
             rep = json.loads(report.read_text(encoding="utf-8"))
             return {**_result(target, rep), "reused": True}, False
-        partial = partial_dir(target)
-        resume = False
-        if partial.exists():
-            with contextlib.suppress(OSError):
-                resume = attempt.read_text(encoding="utf-8").strip() == key
-            if not resume:
-                _say(cfg, f"{partial}: an unfinished run with other inputs or settings, removed")
-                shutil.rmtree(partial)
-        attempt.write_text(key, encoding="utf-8")
-        return None, resume
+        opened = attempt.open(key)
+        if opened == "replaced":
+            _say(cfg, f"{attempt.path}: an unfinished run with other inputs or settings, removed")
+        return None, opened == "resume"
 
     reused, resume = distributed.on_main(plan)
     if reused is not None:
@@ -340,7 +334,7 @@ def _lm_stage(texts, pretrained, vocab, run_dir: Path, stage: _Stage, lm_cfg, cf
 
     def record() -> dict:  # after rank 0 published the model: the others may load it
         _record_stage(run_dir, stage)
-        attempt.unlink(missing_ok=True)
+        attempt.stamp.unlink(missing_ok=True)
         return {**res, "reused": False}
 
     return distributed.on_main(record)
@@ -484,16 +478,17 @@ def _plan(texts, train_spec, valid_spec, test_spec, dirs, sources, lm_cfg, cfg) 
         model, settings = _model_key(weights, itos), _settings(replace(lm_cfg, direction=d))
         lm_key = _digest([_KEY_FORMAT, "lm", d, model, text_keys, settings])
         parts = {"pretrained model": _digest(model), "set of texts": _digest(text_keys)}
-        stages.append(_Stage(lm_name, lm_key, _plain({**parts, "settings": settings}),
-                             (lm_name,), attempt=f".{lm_name}.key"))  # fmt: skip
+        stages.append(_Stage(lm_name, lm_key, _plain({**parts, "settings": settings}), (lm_name,),
+                             attempt=f".{lm_name}.key", attempt_folder=partial_dir(lm_name).name))  # fmt: skip
         settings = _settings(cfg)
         key = _digest([_KEY_FORMAT, "classifier", _CLASSIFIER_RECIPE, lm_key, label_keys, settings])
         name = "classifier" if len(dirs) == 1 else f"classifier_{d}"
         parts = {"language model": lm_key, "labelled files": _digest(label_keys)}
         parts = _plain({**parts, "recipe": _CLASSIFIER_RECIPE, "settings": settings})
         folders = _default_folders(name)
-        attempt = str(Path(folders[0]).parent / WORK_DIR / _STAGE_FILE)
-        stages.append(_Stage(name, key, parts, folders, attempt=attempt, after=(lm_name,)))
+        work = Path(folders[0]).parent / WORK_DIR
+        stages.append(_Stage(name, key, parts, folders, attempt=str(work / _STAGE_FILE),
+                             attempt_folder=str(work), after=(lm_name,)))  # fmt: skip
     if len(dirs) > 1:
         members = {s.name: s.key for s in stages if s.name.startswith("classifier")}
         stages.append(_Stage("ensemble", _digest(["ensemble", members]), {"members": members},

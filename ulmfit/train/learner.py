@@ -1,9 +1,10 @@
 """The fit loop: one-cycle / STLR training with discriminative rates, clipping, AMP, logs,
 atomic per-epoch checkpoints and exact resume.
 
-What differs between a language model and a classifier lives in a :class:`Task` (how to
-compute a training loss from a batch, what to sum during validation, what to do at the
-start of an epoch); the :class:`Learner` owns everything else. The loop is deliberately
+What differs between a language model and a classifier lives in a
+:class:`~ulmfit.train.tasks.Task` (how to compute a training loss from a batch, what to sum
+during validation, what to do at the start of an epoch); the :class:`Learner` owns everything
+else. The loop is deliberately
 flat -- no callback system: each feature is a few visible lines in ``_train_epoch``.
 
 Reproducibility and resume. Every epoch starts with ``torch.manual_seed(seed + epoch)`` and
@@ -35,27 +36,30 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
-import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+# the modules, not `from ulmfit.train import ...`: the package's __init__ imports this one
+import ulmfit.train.distributed as distributed
+import ulmfit.train.optim as optim
 from ulmfit.atomic import atomic_write as _atomic_write  # the shared one
-from ulmfit.config import AmpMode, TrainConfig
+from ulmfit.config import TrainConfig
 from ulmfit.errors import UserError
 from ulmfit.report import plot_losses
-from ulmfit.train import distributed, optim
+from ulmfit.train.amp import amp_plan
+from ulmfit.train.checkpoint import rng_state, set_rng_state
+from ulmfit.train.jsonl import read_jsonl, trim_jsonl
+from ulmfit.train.prefetch import device_batches, to_device
 from ulmfit.train.schedules import Schedule, ScheduleName
+from ulmfit.train.tasks import Task
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -66,203 +70,8 @@ _RANK_SEED_STRIDE = 1_000_003  # rank r seeds epoch e with seed + e + r * stride
 
 
 # --------------------------------------------------------------------------------------
-# Tasks
+# The loss plot
 # --------------------------------------------------------------------------------------
-
-
-class StepOutput(NamedTuple):
-    """What a training step returns: ``loss`` is backpropagated; ``n`` (tokens, documents)
-    weights the epoch's mean; ``extras`` are logged, and ``extras["loss"]``, when present, is
-    the loss reported instead of ``loss`` (e.g. without the AR/TAR penalty, like fastai)."""
-
-    loss: Tensor
-    n: int
-    extras: dict[str, float | Tensor]
-
-
-class Task(Protocol):
-    """The problem-specific part of training.
-
-    ``eval_step`` returns *sums* over the batch plus the count ``"n"`` (so batches of any size
-    combine exactly); ``summarize`` turns the totals into metrics and must include ``"loss"``.
-    """
-
-    def begin_epoch(self, model: nn.Module, training: bool) -> None: ...
-
-    def train_step(self, model: nn.Module, batch: Sequence[Any]) -> StepOutput: ...
-
-    def eval_step(self, model: nn.Module, batch: Sequence[Any]) -> dict[str, float | Tensor]: ...
-
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]: ...
-
-
-def mean_metrics(sums: dict[str, float]) -> dict[str, float]:
-    """Divide every summed metric by the count ``"n"``."""
-    n = max(sums.get("n", 0.0), 1.0)
-    return {k: v / n for k, v in sums.items() if k != "n"}
-
-
-@dataclass
-class LMTask:
-    """Next-token prediction on ``(x, y)`` stream batches, with AWD-LSTM's AR/TAR penalties.
-
-    The model's hidden state runs on from batch to batch within an epoch (the stream is
-    contiguous) and is reset at the start of every epoch and of validation. Reported loss,
-    accuracy and perplexity are per token, without the regularisers.
-    """
-
-    alpha: float = 2.0
-    beta: float = 1.0
-
-    def begin_epoch(self, model: nn.Module, training: bool) -> None:
-        model.reset()
-
-    def train_step(self, model: nn.Module, batch: Sequence[Any]) -> StepOutput:
-        from ulmfit.models.awd_lstm import ar_tar_loss
-
-        x, y = batch[0], batch[1]
-        logits = model(x)
-        ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
-        loss = ce
-        if self.alpha or self.beta:
-            loss = ce + ar_tar_loss(model.raw_out, model.out, self.alpha, self.beta)
-        return StepOutput(loss, y.numel(), {"loss": ce.detach()})
-
-    def eval_step(self, model: nn.Module, batch: Sequence[Any]) -> dict[str, float | Tensor]:
-        x, y = batch[0], batch[1]
-        logits = model(x)
-        logits, y = logits.reshape(-1, logits.size(-1)), y.reshape(-1)
-        loss = F.cross_entropy(logits.float(), y, reduction="sum")
-        correct = (logits.argmax(-1) == y).sum()
-        return {"loss": loss, "accuracy": correct, "n": y.numel()}
-
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        m = mean_metrics(sums)
-        m["perplexity"] = math.exp(min(m["loss"], 700.0))
-        return m
-
-
-@dataclass
-class ClassifierTask:
-    """Single-label classification on ``(x, y, idx)`` batches: cross-entropy and accuracy.
-
-    ``loss_fn`` can be swapped (label smoothing, class weights); it must return the batch
-    mean. A model that returns a tuple (fastai's classifier returns logits plus the encoder
-    outputs) is read as its first element.
-    """
-
-    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
-    alpha: float = 0.0  # AR on the kept encoder outputs (fastai's classifier learner: 2)
-    beta: float = 0.0  # TAR on them (fastai: 1)
-
-    def begin_epoch(self, model: nn.Module, training: bool) -> None:
-        pass
-
-    @staticmethod
-    def _logits(out: Tensor | tuple) -> Tensor:
-        return out[0] if isinstance(out, tuple | list) else out
-
-    def train_step(self, model: nn.Module, batch: Sequence[Any]) -> StepOutput:
-        x, y = batch[0], batch[1]
-        ce = self.loss_fn(self._logits(model(x)).float(), y)
-        loss = ce
-        out, mask = getattr(model, "out", None), getattr(model, "out_mask", None)
-        if (self.alpha or self.beta) and out is not None and mask is not None:
-            from ulmfit.models.classifier import masked_ar_tar
-
-            loss = ce + masked_ar_tar(out, mask, self.alpha, self.beta)
-        return StepOutput(loss, len(y), {"loss": ce.detach()})
-
-    def eval_step(self, model: nn.Module, batch: Sequence[Any]) -> dict[str, float | Tensor]:
-        x, y = batch[0], batch[1]
-        logits = self._logits(model(x)).float()
-        out: dict[str, float | Tensor] = {"loss": self.loss_fn(logits, y) * len(y), "n": len(y)}
-        if y.dtype == torch.int64 and logits.dim() == 2:
-            out["accuracy"] = (logits.argmax(-1) == y).sum()
-        return out
-
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        return mean_metrics(sums)
-
-
-# --------------------------------------------------------------------------------------
-# Mixed precision
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AmpPlan:
-    """Autocast dtype (``None``: full precision) and whether a GradScaler is needed (fp16 only:
-    bf16 has fp32's exponent range, so its gradients do not underflow)."""
-
-    dtype: torch.dtype | None
-    use_scaler: bool
-
-
-def amp_plan(device_type: str, mode: AmpMode, bf16_supported: bool | None = None) -> AmpPlan:
-    """Choose mixed precision for a device. Only CUDA gets autocast; on CPU it is slower."""
-    if mode not in ("auto", "bf16", "fp16", "off"):
-        raise UserError(f"amp must be one of auto, bf16, fp16, off; got {mode!r}")
-    if device_type != "cuda" or mode == "off":
-        return AmpPlan(None, False)
-    if bf16_supported is None:
-        bf16_supported = torch.cuda.is_bf16_supported()
-    if mode == "fp16" or (mode == "auto" and not bf16_supported):
-        return AmpPlan(torch.float16, True)
-    return AmpPlan(torch.bfloat16, False)
-
-
-# --------------------------------------------------------------------------------------
-# Files: jsonl logs, atomic writes
-# --------------------------------------------------------------------------------------
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a jsonl log; a torn last line (process killed mid-write) is skipped."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            rec = json.loads(line)
-            if isinstance(rec, dict):
-                out.append(rec)
-    return out
-
-
-def _trim_jsonl(path: Path, keep: Callable[[dict], bool]) -> list[dict]:
-    """Drop the records a restarted run will write again (and any torn line)."""
-    if not path.exists():
-        return []
-    kept = [r for r in read_jsonl(path) if keep(r)]
-    text = "".join(json.dumps(r) + "\n" for r in kept)
-    _atomic_write(path, lambda f: f.write(text), "w")
-    return kept
-
-
-# --------------------------------------------------------------------------------------
-# RNG state (saved in checkpoints; tensors and plain types only, so weights_only loading works)
-# --------------------------------------------------------------------------------------
-
-
-def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 # --------------------------------------------------------------------------------------
@@ -294,59 +103,6 @@ class FitPlan:
             "wd": self.wd,
             "schedule": self.schedule.to_dict(),
         }
-
-
-def _map_tensors(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    if isinstance(batch, Tensor):
-        return fn(batch)
-    if isinstance(batch, tuple | list):
-        return type(batch)(_map_tensors(b, fn) for b in batch)
-    return batch
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    return _map_tensors(batch, lambda t: t.to(device, non_blocking=True))
-
-
-def device_batches(batches: Iterable[Any], device: torch.device) -> Iterator[Any]:
-    """``batches`` moved to ``device``. On CUDA the next batch is pinned and copied on a side
-    stream while the current one trains, so the GPU never waits for a host-to-device copy;
-    elsewhere each batch is moved when it is reached."""
-    if device.type != "cuda":
-        for batch in batches:
-            yield _to_device(batch, device)
-        return
-    side = torch.cuda.Stream(device)
-
-    def send(t: Tensor) -> Tensor:
-        if t.device.type != "cpu":
-            return t.to(device, non_blocking=True)
-        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
-
-    def stage(batch: Any) -> Any:
-        with torch.cuda.stream(side):
-            return _map_tensors(batch, send)
-
-    main = torch.cuda.current_stream(device)
-
-    def hand_over(t: Tensor) -> Tensor:
-        t.record_stream(main)  # its memory is not reused while main still reads it
-        return t
-
-    it = iter(batches)
-    try:
-        ahead = stage(next(it))
-    except StopIteration:
-        return
-    while True:
-        main.wait_stream(side)  # the copy of ``ahead`` is done before main uses it
-        current = _map_tensors(ahead, hand_over)
-        try:
-            ahead = stage(next(it))
-        except StopIteration:
-            yield current
-            return
-        yield current
 
 
 def _item(v: float | Tensor) -> float:
@@ -466,9 +222,11 @@ class Learner:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp.dtype)
 
-    def _train_step(self, batch: Any) -> tuple[float, int, float | None, dict]:
-        """Forward, backward, clip, step. Returns (reported loss, n, grad norm, extras)."""
-        batch = _to_device(batch, self.device)
+    def train_step(self, batch: Any) -> tuple[float, int, float | None, dict]:
+        """Forward, backward, clip, step at the optimizer's current rates (the fit loop and
+        :func:`~ulmfit.train.lr_find.lr_find` set them). Returns (reported loss, n, grad
+        norm, extras)."""
+        batch = to_device(batch, self.device)
         with self._autocast():
             out = self.task.train_step(self._net(), batch)
         self.opt.zero_grad(set_to_none=True)
@@ -531,9 +289,9 @@ class Learner:
         rate per group. ``None`` arguments take ``self.config``'s values. With ``resume``,
         continue from ``out_dir/checkpoint.pt`` if it belongs to this call (see module doc).
         """
-        c = self.config
         if epochs < 1:
             raise UserError(f"epochs must be at least 1, got {epochs}")
+        c = self.config
         plan = FitPlan(
             epochs=epochs,
             lrs=optim.discriminative_lrs(lr_max, len(self.groups)),
@@ -550,26 +308,10 @@ class Learner:
         )
         stage = self._c.stage
         self._c.stage += 1
-        start = 0
-        ckpt = None
-        if resume:  # rank 0 reads, every rank gets the same checkpoint
-            path = self.out_dir / CHECKPOINT
-            ckpt = distributed.on_main(
-                lambda: self._read_checkpoint(path) if path.exists() else None
-            )
-        if ckpt is not None:
-            if ckpt["stage"] > stage:
-                self._say(f"stage {stage}: finished in the checkpoint, skipped")
-                return self
-            if ckpt["stage"] == stage:
-                if ckpt["plan"] != plan.to_dict():
-                    raise UserError(
-                        f"cannot resume: {self.out_dir / CHECKPOINT} was written by a fit with "
-                        f"{ckpt['plan']}, this call has {plan.to_dict()}"
-                    )
-                self._restore(ckpt)
-                start = ckpt["stage_epoch"]
-                self._say(f"resumed from {self.out_dir / CHECKPOINT} at epoch {start}/{epochs}")
+        start = self._resume_point(stage, plan) if resume else 0
+        if start is None:
+            self._say(f"stage {stage}: finished in the checkpoint, skipped")
+            return self
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self._trim_logs(stage, start)
@@ -591,16 +333,40 @@ class Learner:
             self._c.epoch = first_epoch + e + 1
             self._c.history.append(rec)
             if self.main:  # the other ranks hold the same state: one writer is enough
-                with open(self.out_dir / METRICS, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                self.save_checkpoint(
-                    self.out_dir / CHECKPOINT, stage=stage, stage_epoch=e + 1, plan=plan
-                )
-                if c.plot:
-                    logs = [read_jsonl(self.out_dir / f) for f in (STEPS, METRICS)]
-                    plot_losses(*logs, self.out_dir / LOSS_PLOT)
+                self._log_epoch(rec, plan)
             self._say(self._summary(rec, epochs))
         return self
+
+    def _resume_point(self, stage: int, plan: FitPlan) -> int | None:
+        """The epoch of stage ``stage`` to start at, after restoring the checkpoint if it
+        holds this stage (0 when it holds an earlier one, or none); ``None`` when the
+        checkpoint shows the stage as finished. Rank 0 reads, every rank gets the same."""
+        path = self.out_dir / CHECKPOINT
+        ckpt = distributed.on_main(lambda: self._read_checkpoint(path) if path.exists() else None)
+        if ckpt is None or ckpt["stage"] < stage:
+            return 0
+        if ckpt["stage"] > stage:
+            return None
+        if ckpt["plan"] != plan.to_dict():
+            raise UserError(
+                f"cannot resume: {path} was written by a fit with "
+                f"{ckpt['plan']}, this call has {plan.to_dict()}"
+            )
+        self._restore(ckpt)
+        start = ckpt["stage_epoch"]
+        self._say(f"resumed from {path} at epoch {start}/{plan.epochs}")
+        return start
+
+    def _log_epoch(self, rec: dict, plan: FitPlan) -> None:
+        """Rank 0, after an epoch: its metrics line, the checkpoint, the loss plot."""
+        with open(self.out_dir / METRICS, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        self.save_checkpoint(
+            self.out_dir / CHECKPOINT, stage=rec["stage"], stage_epoch=rec["epoch"] + 1, plan=plan
+        )
+        if self.config.plot:
+            logs = [read_jsonl(self.out_dir / f) for f in (STEPS, METRICS)]
+            plot_losses(*logs, self.out_dir / LOSS_PLOT)
 
     def _train_epoch(self, plan: FitPlan, stage: int, e: int, learner_epoch: int) -> float:
         """One epoch; returns the mean reported training loss, weighted by ``n``."""
@@ -626,7 +392,7 @@ class Learner:
                 mult, beta1 = plan.schedule(e * n_batches + i, total)
                 lrs = [lr * mult for lr in plan.lrs]
                 optim.set_hypers(self.opt, lrs, beta1, plan.wd)
-                loss, n, grad_norm, extras = self._train_step(batch)
+                loss, n, grad_norm, extras = self.train_step(batch)
                 self._c.global_step += 1
                 loss_sum += loss * n
                 n_sum += n
@@ -659,7 +425,7 @@ class Learner:
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "stage": stage,
             "stage_epoch": stage_epoch,
             "epoch": self._c.epoch,
@@ -687,16 +453,10 @@ class Learner:
         self.frozen_idx = optim.freeze_to(self.groups, ckpt["frozen_idx"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         self._c.stage = ckpt["stage"] + 1
         self._c.epoch = ckpt["epoch"]
         self._c.global_step = ckpt["global_step"]
-
-    def load_checkpoint(self, path: str | os.PathLike) -> dict:
-        """Load a checkpoint's model, optimizer, scaler, RNG and frozen state; returns it."""
-        ckpt = self._read_checkpoint(Path(path))
-        self._restore(ckpt)
-        return ckpt
 
     def _trim_logs(self, stage: int, epoch: int) -> None:
         """Forget log records from (stage, epoch) on: they are about to be written (again)."""
@@ -705,8 +465,8 @@ class Learner:
             return (r.get("stage", 0), r.get("epoch", 0)) < (stage, epoch)
 
         def trim() -> list[dict]:
-            _trim_jsonl(self.out_dir / STEPS, keep)
-            return _trim_jsonl(self.out_dir / METRICS, keep)
+            trim_jsonl(self.out_dir / STEPS, keep)
+            return trim_jsonl(self.out_dir / METRICS, keep)
 
         self._c.history = distributed.on_main(trim)
 
@@ -733,22 +493,5 @@ class Learner:
         parts.append(f"{rec['seconds']:.1f}s")
         return "  ".join(parts)
 
-    def lr_find(self, **kwargs: Any) -> Any:
-        """fastai's learning-rate range test; see :func:`ulmfit.train.lr_find.lr_find`."""
-        from ulmfit.train.lr_find import lr_find
 
-        return lr_find(self, **kwargs)
-
-
-__all__ = [
-    "AmpPlan",
-    "ClassifierTask",
-    "FitPlan",
-    "LMTask",
-    "Learner",
-    "StepOutput",
-    "Task",
-    "amp_plan",
-    "mean_metrics",
-    "read_jsonl",
-]
+__all__ = ["FitPlan", "Learner"]

@@ -20,18 +20,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+import ulmfit.train.optim as optim  # the module, not the package (whose __init__ imports this one)
 from ulmfit.errors import UserError
 from ulmfit.report import plot_lr_find
-from ulmfit.train import optim
-from ulmfit.train.learner import _rng_state, _set_rng_state
-
-if TYPE_CHECKING:
-    from ulmfit.train.learner import Learner
+from ulmfit.train.checkpoint import rng_state, set_rng_state
+from ulmfit.train.learner import Learner
 
 LR_FIND_PLOT = "lr_find.png"
 
@@ -98,50 +95,9 @@ def lr_find(
         raise UserError(f"need 0 < start_lr < end_lr, got {start_lr}, {end_lr}")
     if num_it < 2:
         raise UserError(f"num_it must be at least 2, got {num_it}")
-    model, loader, task = learner.model, learner.train_loader, learner.task
-    if len(loader) < 1:
+    if len(learner.train_loader) < 1:
         raise UserError("the training loader yields no batches")
-    saved_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    saved_opt = copy.deepcopy(learner.opt.state_dict())
-    saved_scaler = copy.deepcopy(learner.scaler.state_dict())
-    saved_rng = _rng_state()
-    was_training = model.training
-
-    beta = learner.config.smooth_beta
-    lrs: list[float] = []
-    raw: list[float] = []
-    smooth: list[float] = []
-    avg, best = 0.0, math.inf
-    n_groups = len(learner.groups)
-    try:
-        torch.manual_seed(learner.config.seed)
-        model.train()
-        task.begin_epoch(model, training=True)
-        it, pass_no, done = 0, 0, False
-        while not done:
-            loader.set_epoch(learner.epoch + pass_no)
-            for batch in loader:
-                lr = start_lr * (end_lr / start_lr) ** (it / num_it)
-                optim.set_hypers(learner.opt, [lr] * n_groups)
-                loss = learner._train_step(batch)[0]
-                avg = beta * avg + (1 - beta) * loss
-                s = avg / (1 - beta ** (it + 1))
-                lrs.append(lr)
-                raw.append(loss)
-                smooth.append(s)
-                best = min(best, s)
-                it += 1
-                if it >= num_it or (stop_div and (s > 4 * best or not math.isfinite(s))):
-                    done = True
-                    break
-            pass_no += 1
-    finally:
-        model.load_state_dict(saved_model)
-        learner.opt.load_state_dict(saved_opt)
-        learner.scaler.load_state_dict(saved_scaler)
-        _set_rng_state(saved_rng)
-        model.train(was_training)
-        task.begin_epoch(model, training=was_training)
+    lrs, raw, smooth = _sweep(learner, start_lr, end_lr, num_it, stop_div)
 
     lr_arr, loss_arr = np.asarray(lrs), np.asarray(smooth)
     finite = np.isfinite(loss_arr)
@@ -162,3 +118,53 @@ def lr_find(
         path = Path(plot) if not isinstance(plot, bool) else learner.out_dir / LR_FIND_PLOT
         plot_lr_find(path, sel_lr, sel_loss, {"valley": suggestion, "steep": steep})
     return LRFindResult(lrs, smooth, raw, suggestion, steep, minimum, path)
+
+
+def _sweep(
+    learner: Learner, start_lr: float, end_lr: float, num_it: int, stop_div: bool
+) -> tuple[list[float], list[float], list[float]]:
+    """The test itself: (rates, raw losses, smoothed losses), one per step; the model,
+    optimizer, grad scaler and RNG states are put back afterwards, whatever happens."""
+    model, loader, task = learner.model, learner.train_loader, learner.task
+    saved_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    saved_opt = copy.deepcopy(learner.opt.state_dict())
+    saved_scaler = copy.deepcopy(learner.scaler.state_dict())
+    saved_rng = rng_state()
+    was_training = model.training
+
+    beta = learner.config.smooth_beta
+    lrs: list[float] = []
+    raw: list[float] = []
+    smooth: list[float] = []
+    avg, best = 0.0, math.inf
+    n_groups = len(learner.groups)
+    try:
+        torch.manual_seed(learner.config.seed)
+        model.train()
+        task.begin_epoch(model, training=True)
+        it, pass_no, done = 0, 0, False
+        while not done:
+            loader.set_epoch(learner.epoch + pass_no)
+            for batch in loader:
+                lr = start_lr * (end_lr / start_lr) ** (it / num_it)
+                optim.set_hypers(learner.opt, [lr] * n_groups)
+                loss = learner.train_step(batch)[0]
+                avg = beta * avg + (1 - beta) * loss
+                s = avg / (1 - beta ** (it + 1))
+                lrs.append(lr)
+                raw.append(loss)
+                smooth.append(s)
+                best = min(best, s)
+                it += 1
+                if it >= num_it or (stop_div and (s > 4 * best or not math.isfinite(s))):
+                    done = True
+                    break
+            pass_no += 1
+    finally:
+        model.load_state_dict(saved_model)
+        learner.opt.load_state_dict(saved_opt)
+        learner.scaler.load_state_dict(saved_scaler)
+        set_rng_state(saved_rng)
+        model.train(was_training)
+        task.begin_epoch(model, training=was_training)
+    return lrs, raw, smooth
