@@ -42,9 +42,9 @@ def tiny_lms(folder, texts: list[str]) -> list[str]:
     models small enough that a whole ``fit`` dry run takes seconds. Returns the vocabulary."""
     import torch
 
+    from ulmfit.corpus import tokenize_texts
     from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
     from ulmfit.models.io import save_model_dir
-    from ulmfit.tasks.language_model import tokenize_texts
     from ulmfit.text.rules import SPECIAL_TOKENS
 
     vocab = list(SPECIAL_TOKENS)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ulmfit.cli import main
+from ulmfit.corpus import tokenize_texts
 from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
 from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
@@ -21,7 +22,6 @@ from ulmfit.tasks.classifier import (
     load_classifier,
     tune_thresholds,
 )
-from ulmfit.tasks.language_model import tokenize_texts
 from ulmfit.text.rules import SPECIAL_TOKENS
 
 MARKERS = {"joy": "sunny", "anger": "storm", "fear": "shadow"}

@@ -9,12 +9,12 @@ from conftest import trec_rows as _rows
 from conftest import write_csv as _write
 
 from ulmfit.cli import main
+from ulmfit.corpus import tokenize_texts
 from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
 from ulmfit.models.awd_lstm import AWDLSTMConfig, LanguageModel
 from ulmfit.models.io import save_model_dir
 from ulmfit.tasks.classifier import ClassifierConfig, load_classifier
-from ulmfit.tasks.language_model import tokenize_texts
 from ulmfit.tasks.run import dry_run_dir, fit
 from ulmfit.text.rules import SPECIAL_TOKENS
 

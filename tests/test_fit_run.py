@@ -12,6 +12,7 @@ from conftest import trec_rows as _rows
 from conftest import write_csv as _write
 
 from ulmfit.cli import main
+from ulmfit.corpus import reverse_docs
 from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
 from ulmfit.models.awd_lstm import ar_tar_loss
@@ -19,7 +20,6 @@ from ulmfit.models.classifier import masked_ar_tar
 from ulmfit.tasks import classifier as clf_mod
 from ulmfit.tasks.classifier import ClassifierConfig, load_classifier, predict_logits
 from ulmfit.tasks.ensemble import load_members, mean_outputs
-from ulmfit.tasks.language_model import reverse_docs
 from ulmfit.tasks.run import dry_run_dir, fit, read_stages
 
 

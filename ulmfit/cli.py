@@ -190,8 +190,9 @@ def _print_metrics(label: str, m: dict) -> None:
 
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:
+    from ulmfit.corpus import read_token_corpus
+    from ulmfit.lm_eval import lm_eval
     from ulmfit.models.io import load_lm
-    from ulmfit.tasks.language_model import lm_eval, read_token_corpus
 
     specs = _specs(args)
     from ulmfit.devices import resolve_device

@@ -18,7 +18,7 @@ Two families of loaders follow fastai:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -235,18 +235,6 @@ class LMLoader:
             )
         self.epoch = 0
         self._seq_lens = self._make_seq_lens()
-
-    @classmethod
-    def from_config(
-        cls,
-        ids: np.ndarray,
-        offsets: np.ndarray,
-        cfg: LMLoaderConfig,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> LMLoader:
-        return cls(ids, offsets, **asdict(cfg), rank=rank, world_size=world_size)
 
     # -- epoch state -----------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -560,22 +548,6 @@ class ClassifierLoader:
             )
             if train
             else SortedSampler(lengths, bs)
-        )
-
-    @classmethod
-    def from_config(
-        cls,
-        ids: np.ndarray,
-        offsets: np.ndarray,
-        cfg: ClassifierLoaderConfig,
-        labels: np.ndarray | Sequence | torch.Tensor | None = None,
-        train: bool = True,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> ClassifierLoader:
-        return cls(
-            ids, offsets, labels, train=train, **asdict(cfg), rank=rank, world_size=world_size
         )
 
     def set_epoch(self, epoch: int) -> None:

@@ -133,7 +133,7 @@ class Predictor:
     def member_ids(self, k: int, local: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, offsets)`` of tokenized texts in member ``k``'s vocabulary (unknown -> 0),
         each document reversed for a backward member."""
-        from ulmfit.tasks.language_model import reverse_docs, vocab_map
+        from ulmfit.corpus import reverse_docs, vocab_map
 
         itos = self._tok.itos_
         table = self._tables[k]
@@ -154,9 +154,9 @@ class Predictor:
         :func:`~ulmfit.tasks.ensemble.mean_outputs` gives them)."""
         from tqdm.auto import tqdm
 
+        from ulmfit.corpus import TokenCorpus
         from ulmfit.tasks.classifier import predict_logits
         from ulmfit.tasks.ensemble import mean_outputs
-        from ulmfit.tasks.language_model import TokenCorpus
 
         n = len(texts)
         if n == 0:

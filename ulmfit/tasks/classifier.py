@@ -256,12 +256,7 @@ def read_labelled(
 ) -> LabelledDocs:
     """Read, tokenize (cached) and label ``spec`` (see :func:`read_labels`); ids in
     ``vocab`` (unknown -> 0), each document reversed for a backward model."""
-    from ulmfit.tasks.language_model import (
-        read_token_corpus,
-        reverse_docs,
-        tokenize_texts,
-        vocab_map,
-    )
+    from ulmfit.corpus import read_token_corpus, reverse_docs, tokenize_texts, vocab_map
 
     texts, labels, rows, dropped = read_labels(spec, classes, limit, kind=cfg.label_kind)
     if limit is not None:
@@ -312,7 +307,7 @@ def loss_for(kind: str):
 
 
 def _subset(d: LabelledDocs, idx: np.ndarray) -> LabelledDocs:
-    from ulmfit.tasks.language_model import gather_docs
+    from ulmfit.corpus import gather_docs
 
     ids, off = gather_docs(d.ids, d.offsets, idx)
     return replace(d, ids=ids, offsets=off, labels=d.labels[idx], rows=d.rows[idx])
@@ -713,9 +708,9 @@ def fit_classifier(
     in ``out_dir/.classifier-train`` with a checkpoint per epoch; when ``stage_key`` (a digest
     of everything the result depends on) is given and an interrupted run with the same key is
     found there, it continues from its last checkpoint instead of starting over."""
+    from ulmfit.corpus import split_docs
     from ulmfit.models.classifier import load_encoder
     from ulmfit.models.io import load_model_dir, staged_dir
-    from ulmfit.tasks.language_model import split_docs
     from ulmfit.train import ClassifierTask, Learner, TrainConfig, distributed
     from ulmfit.train.learner import CHECKPOINT
 
