@@ -34,9 +34,6 @@ class TokenCorpus:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def doc(self, i: int) -> np.ndarray:
-        return self.ids[self.offsets[i] : self.offsets[i + 1]]
-
 
 def head_texts(specs: list, n: int) -> list[str]:
     """The first ``n`` texts (rows with text) of the inputs, in order, reading no further."""

@@ -29,7 +29,6 @@ def model_docs(
     data: object,
     model_vocab: Sequence[str],
     *,
-    limit_docs: int | None = None,
     backwards: bool = False,
 ) -> tuple[list[np.ndarray], int]:
     """Documents as int64 arrays of the model's ids, and how many tokens became xxunk.
@@ -40,8 +39,7 @@ def model_docs(
     """
     if hasattr(data, "ids") and hasattr(data, "offsets") and hasattr(data, "vocab"):
         offsets = np.asarray(data.offsets, dtype=np.int64)
-        n = len(offsets) - 1 if limit_docs is None else min(limit_docs, len(offsets) - 1)
-        offsets = offsets[: n + 1]
+        n = len(offsets) - 1
         src_vocab = list(data.vocab)
         flat = np.asarray(data.ids[offsets[0] : offsets[-1]], dtype=np.int64)
         rel = offsets - offsets[0]
@@ -56,8 +54,6 @@ def model_docs(
         docs = [flat[rel[i] : rel[i + 1]] for i in range(n)]
         return docs, unk
     docs = [np.asarray(d, dtype=np.int64) for d in data]  # type: ignore[union-attr]
-    if limit_docs is not None:
-        docs = docs[:limit_docs]
     if backwards:
         docs = [d[::-1].copy() for d in docs]
     vs = len(model_vocab)
@@ -160,7 +156,6 @@ def lm_eval(
     *,
     bs: int = 64,
     bptt: int = 200,
-    limit_docs: int | None = None,
     backwards: bool = False,
 ) -> dict:
     """Next-token ``loss`` (mean cross-entropy over every predicted token of every document),
@@ -174,7 +169,7 @@ def lm_eval(
             f"the vocabulary has {len(vocab)} tokens but the model {model.vocab_sz} output rows"
         )
     t0 = time.perf_counter()
-    docs, unk = model_docs(data, vocab, limit_docs=limit_docs, backwards=backwards)
+    docs, unk = model_docs(data, vocab, backwards=backwards)
     res = doc_losses(model, docs, bs=bs, bptt=bptt)
     n_tok = int(res.tokens.sum())
     if n_tok == 0:
