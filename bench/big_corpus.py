@@ -44,14 +44,14 @@ from pathlib import Path
 from ulmfit.data.sources import SourceSpec
 from ulmfit.loaders import FewBatches
 from ulmfit.config import PretrainConfig
-from ulmfit.tasks.language_model import _learner, _pretrain_setup
+from ulmfit.tasks.lm_setup import lm_learner, pretrain_setup
 corpus, valid, cache, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 cfg = PretrainConfig(emb_sz=16, n_hid=32, n_layers=2, bs=8, bptt=32, workers=1,
                      cache_dir=Path(cache), verbose=False, progress=False)
-s = _pretrain_setup([SourceSpec(path=Path(corpus))], cfg, [SourceSpec(path=Path(valid))])
+s = pretrain_setup([SourceSpec(path=Path(corpus))], cfg, [SourceSpec(path=Path(valid))])
 ids = s.train_loader.ids
 with tempfile.TemporaryDirectory() as logs:
-    learn = _learner(s.model, FewBatches(s.train_loader, steps), None, cfg, Path(logs))
+    learn = lm_learner(s.model, FewBatches(s.train_loader, steps), None, cfg, Path(logs))
     learn.fit_one_cycle(1, 1e-3)
 print(json.dumps({"memmap": type(ids).__name__ == "memmap", "tokens": int(len(ids))}))
 """

@@ -598,9 +598,8 @@ def _timed_passes(fn, warm: int, timed: int, n_docs: int) -> dict:
 def predict_ours(spec: dict, data: dict, amp: str = "auto") -> dict:
     import torch
 
-    from ulmfit.config import ClassifierConfig
-    from ulmfit.predict import predict_logits
-    from ulmfit.tasks.language_model import TokenCorpus
+    from ulmfit.corpus import TokenCorpus
+    from ulmfit.tasks.classifier import ClassifierConfig, predict_logits
 
     torch.manual_seed(42)
     cc = ClassifierConfig(bs=spec["bs"], bptt=72, max_len=spec["max_len"])

@@ -349,16 +349,15 @@ def read_imdb(args, files: dict[str, Path]) -> tuple[dict, list[str], list[str],
     """``(corpus, vocab, classes, meta)`` of the three IMDb files: the LM corpus and its
     vocabulary as fit -> finetune_lm makes them (train + test + unsup texts, labels unused),
     with each document's split and label."""
-    from ulmfit.config import ClassifierConfig, FinetuneLMConfig
-    from ulmfit.data.labels import read_labels
-    from ulmfit.tasks.classifier import read_labelled
-    from ulmfit.tasks.language_model import _prepare
+    from ulmfit.config import FinetuneLMConfig
+    from ulmfit.tasks.classifier import ClassifierConfig, read_labelled, read_labels
+    from ulmfit.tasks.lm_setup import prepare_corpus
 
     labelled, texts = _specs(files)
     lm_cfg = FinetuneLMConfig(workers=args.workers, cache_dir=args.cache_dir)
     _say(f"prepare: {', '.join(str(f) for f in files.values())}")
     t = time.perf_counter()
-    data = _prepare(texts, lm_cfg)
+    data = prepare_corpus(texts, lm_cfg)
     prepare_s = time.perf_counter() - t
     vocab = list(data.vocab)
     ids = np.asarray(data.ids)
@@ -622,7 +621,7 @@ def load_bundle(bundle: Path, models: list[Path], limit: int | None, seed: int):
 
 
 def subset_corpus(corpus: dict, idx: np.ndarray) -> dict:
-    from ulmfit.tasks.language_model import gather_docs
+    from ulmfit.corpus import gather_docs
 
     ids, off = gather_docs(corpus["ids"], corpus["offsets"], idx)
     return {
@@ -688,8 +687,8 @@ def _clf_chunk_count(loader, lengths: np.ndarray, bptt: int) -> int:
 
 def _docs_of(corpus: dict, k: int):
     """Split ``k``'s documents as a LabelledDocs (ids in the LM's vocabulary, input order)."""
+    from ulmfit.corpus import gather_docs
     from ulmfit.tasks.classifier import LabelledDocs
-    from ulmfit.tasks.language_model import gather_docs
 
     idx = np.flatnonzero(corpus["split"] == k)
     ids, off = gather_docs(corpus["ids"], corpus["offsets"], idx)
@@ -763,6 +762,8 @@ def _recipe(run: Run, plan: Plan, args, work: Path) -> None:
     import torch
 
     from ulmfit.config import AWDLSTMConfig, ClassifierConfig, FinetuneLMConfig
+    from ulmfit.corpus import gather_docs, split_docs
+    from ulmfit.lm_eval import lm_eval
     from ulmfit.loaders import ClassifierLoader, LMLoader
     from ulmfit.models.awd_lstm import LanguageModel
     from ulmfit.models.classifier import load_encoder
@@ -774,7 +775,6 @@ def _recipe(run: Run, plan: Plan, args, work: Path) -> None:
         classifier_arch,
         loss_for,
     )
-    from ulmfit.tasks.language_model import gather_docs, lm_eval, split_docs
     from ulmfit.train import ClassifierTask, Learner, LMTask
 
     res, dev = run.res, args.device

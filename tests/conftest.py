@@ -43,9 +43,9 @@ def tiny_lms(folder, texts: list[str]) -> list[str]:
     import torch
 
     from ulmfit.config import AWDLSTMConfig
+    from ulmfit.corpus import tokenize_texts
     from ulmfit.models.awd_lstm import LanguageModel
     from ulmfit.models.io import save_model_dir
-    from ulmfit.tasks.language_model import tokenize_texts
     from ulmfit.text.rules import SPECIAL_TOKENS
 
     vocab = list(SPECIAL_TOKENS)

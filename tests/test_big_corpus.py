@@ -51,7 +51,7 @@ def test_a_held_out_split_is_copied_to_a_memory_mapped_stream(tmp_path):
     the documents gathered in memory."""
     from types import SimpleNamespace
 
-    from ulmfit.tasks.language_model import gather_docs, reverse_docs, train_stream
+    from ulmfit.corpus import gather_docs, reverse_docs, train_stream
 
     rng = np.random.default_rng(0)
     offsets = np.concatenate([[0], np.cumsum(rng.integers(0, 40, 500))]).astype(np.int64)

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from ulmfit.atomic import staged_folder
+from ulmfit.config import FinetuneLMConfig, PretrainConfig
 from ulmfit.errors import UserError
 from ulmfit.tasks import run as fit_run
-from ulmfit.tasks.language_model import FinetuneLMConfig, PretrainConfig, _jsonable
+from ulmfit.tasks.language_model import _jsonable
 from ulmfit.tasks.lm_partial import (
     RUN_FILE,
     create_partial,

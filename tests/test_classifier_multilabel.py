@@ -11,6 +11,7 @@ import torch
 
 from ulmfit.cli import main
 from ulmfit.config import AWDLSTMConfig, ClassifierConfig
+from ulmfit.corpus import tokenize_texts
 from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
 from ulmfit.metrics import tune_thresholds
@@ -18,7 +19,6 @@ from ulmfit.models.awd_lstm import LanguageModel
 from ulmfit.models.io import save_model_dir
 from ulmfit.models.model_dir import load_classifier
 from ulmfit.tasks.classifier import evaluate, fit_classifier
-from ulmfit.tasks.language_model import tokenize_texts
 from ulmfit.text.rules import SPECIAL_TOKENS
 
 MARKERS = {"joy": "sunny", "anger": "storm", "fear": "shadow"}

@@ -10,13 +10,13 @@ from conftest import write_csv as _write
 
 from ulmfit.cli import main
 from ulmfit.config import AWDLSTMConfig, ClassifierConfig
+from ulmfit.corpus import tokenize_texts
 from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
 from ulmfit.models.awd_lstm import LanguageModel
 from ulmfit.models.io import save_model_dir
 from ulmfit.models.model_dir import load_classifier
 from ulmfit.predict import predict_logits
-from ulmfit.tasks.language_model import tokenize_texts
 from ulmfit.tasks.run import dry_run_dir, fit
 from ulmfit.text.rules import SPECIAL_TOKENS
 

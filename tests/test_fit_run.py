@@ -13,6 +13,7 @@ from conftest import write_csv as _write
 
 from ulmfit.cli import main
 from ulmfit.config import ClassifierConfig
+from ulmfit.corpus import reverse_docs
 from ulmfit.data.labels import dry_run_sample
 from ulmfit.data.sources import SourceSpec
 from ulmfit.errors import UserError
@@ -21,7 +22,6 @@ from ulmfit.models.classifier import masked_ar_tar
 from ulmfit.models.model_dir import load_classifier, load_members, mean_outputs
 from ulmfit.predict import predict_logits
 from ulmfit.tasks import classifier as clf_mod
-from ulmfit.tasks.language_model import reverse_docs
 from ulmfit.tasks.run import dry_run_dir, fit, read_stages
 
 

@@ -14,7 +14,9 @@ from conftest import DATA, FIXTURES, SHARED, need
 
 from ulmfit.cli import main
 from ulmfit.config import AWDLSTMConfig
+from ulmfit.corpus import gather_docs, read_token_corpus, reverse_docs, split_docs
 from ulmfit.errors import UserError
+from ulmfit.lm_eval import doc_losses, lm_eval, model_docs
 from ulmfit.models.awd_lstm import LanguageModel
 from ulmfit.models.io import (
     CONFIG_FILE,
@@ -24,15 +26,6 @@ from ulmfit.models.io import (
     load_lm,
     load_model_dir,
     save_model_dir,
-)
-from ulmfit.tasks.language_model import (
-    doc_losses,
-    gather_docs,
-    lm_eval,
-    model_docs,
-    read_token_corpus,
-    reverse_docs,
-    split_docs,
 )
 from ulmfit.text.tokenize import Tokenizer
 

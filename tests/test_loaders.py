@@ -7,12 +7,10 @@ from ulmfit.errors import UserError
 from ulmfit.loaders import (
     ClassifierLoader,
     LMLoader,
-    LMLoaderConfig,
     SortedSampler,
     SortishSampler,
     pad_batch,
     restore_order,
-    variable_bptt_schedule,
 )
 
 BOS, PAD = 2, 1
@@ -65,14 +63,6 @@ def test_lm_rows_reproduce_stream(bs, bptt):
         np.testing.assert_array_equal(Y[r], stream[r * row_len + 1 : (r + 1) * row_len + 1])
     # y is x shifted by one within each row
     np.testing.assert_array_equal(X[:, 1:], Y[:, :-1])
-
-
-def test_lm_drop_last():
-    ids, offsets = make_corpus(60)
-    dl = LMLoader(ids, offsets, bs=4, bptt=7, drop_last=True)
-    assert dl.row_len % 7 != 0  # the setup must have a ragged tail
-    assert len(dl) == dl.row_len // 7
-    assert all(x.shape == (4, 7) for x, _ in dl)
 
 
 def test_lm_shuffle_deterministic_permutation_of_docs():
@@ -133,50 +123,11 @@ def test_lm_shuffle_with_empty_docs():
         np.testing.assert_array_equal(X[r], stream[r * n : (r + 1) * n])
 
 
-def test_lm_variable_bptt():
-    ids, offsets = make_corpus(400, hi=60)
-    bptt = 20
-    dl = LMLoader(ids, offsets, bs=3, bptt=bptt, variable_bptt=True, seed=5)
-    lens = [x.shape[1] for x, _ in dl]
-    assert len(lens) == len(dl) == len(dl.seq_lens)
-    assert lens == dl.seq_lens
-    assert len(set(lens)) > 3  # lengths vary
-    assert min(lens) >= 5
-    assert max(lens) <= bptt + LMLoaderConfig().max_seq_len_delta + 4
-    assert sum(lens) == dl.row_len  # covers the stream exactly
-    X, Y = rows_from_batches(dl)
-    stream = ids.astype(np.int64)
-    n = dl.row_len
-    for r in range(3):
-        np.testing.assert_array_equal(X[r], stream[r * n : (r + 1) * n])
-        np.testing.assert_array_equal(Y[r], stream[r * n + 1 : (r + 1) * n + 1])
-    # reproducible for a seed/epoch, different across epochs
-    dl2 = LMLoader(ids, offsets, bs=3, bptt=bptt, variable_bptt=True, seed=5)
-    assert dl2.seq_lens == lens
-    dl2.set_epoch(1)
-    assert dl2.seq_lens != lens
-
-
-def test_variable_bptt_schedule_properties():
-    for seed in range(30):
-        rng = np.random.default_rng(seed)
-        row_len = int(rng.integers(1, 3000))
-        lens = variable_bptt_schedule(row_len, 70, rng)
-        assert sum(lens) == row_len
-        if len(lens) > 1:
-            assert min(lens) >= 5
-        dl = variable_bptt_schedule(row_len, 70, np.random.default_rng(seed), drop_last=True)
-        assert sum(dl) <= row_len
-    # short draws (bptt/2) happen
-    lens = variable_bptt_schedule(200_000, 70, np.random.default_rng(0))
-    assert sum(1 for s in lens if s < 50) > 0.02 * len(lens)
-
-
 def test_lm_rank_slices():
     ids, offsets = make_corpus(200)
     ws, bs = 3, 2
-    for shuffle, var in [(False, False), (True, False), (True, True)]:
-        kw = dict(bptt=8, shuffle=shuffle, variable_bptt=var, seed=7)
+    for shuffle in (False, True):
+        kw = dict(bptt=8, shuffle=shuffle, seed=7)
         full = LMLoader(ids, offsets, bs=bs * ws, **kw)
         parts = [LMLoader(ids, offsets, bs=bs, rank=r, world_size=ws, **kw) for r in range(ws)]
         for p in parts:

@@ -18,7 +18,7 @@ Two families of loaders follow fastai:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,33 +36,23 @@ __all__ = [
     "doc_lengths",
     "pad_batch",
     "restore_order",
-    "variable_bptt_schedule",
 ]
 
-# Tags mixed into the seed so that the document shuffle and the sequence-length draws of
-# one epoch come from independent random streams (changing one never shifts the other).
+# Tags mixed into the seed so that the document shuffle and the sortish batches come from
+# independent random streams (changing one never shifts the other). 1 was the variable-BPTT
+# draws' tag (removed): the other two keep their numbers, so their draws stay the same.
 _TAG_DOC_SHUFFLE = 0
-_TAG_SEQ_LEN = 1
 _TAG_SORTISH = 2
 
 
 @dataclass(frozen=True)
 class LMLoaderConfig:
-    """Defaults for :class:`LMLoader`; the last four fields only matter with ``variable_bptt``."""
+    """Defaults for :class:`LMLoader`."""
 
     bs: int = LMTrainConfig.bs
     bptt: int = LMTrainConfig.bptt
     shuffle: bool = False
     seed: int = 0
-    variable_bptt: bool = False
-    drop_last: bool = False
-    # AWD-LSTM / fastai v0.7: use bptt/2 as the mean with this probability ...
-    short_bptt_prob: float = 0.05
-    # ... then draw seq_len ~ Normal(mean, bptt_std), floored at min_seq_len ...
-    bptt_std: float = 5.0
-    min_seq_len: int = 5
-    # ... and capped at bptt + max_seq_len_delta so a rare long draw cannot blow up memory.
-    max_seq_len_delta: int = 20
 
 
 @dataclass(frozen=True)
@@ -119,53 +109,6 @@ def doc_lengths(offsets: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def variable_bptt_schedule(
-    row_len: int,
-    bptt: int,
-    rng: np.random.Generator,
-    *,
-    short_bptt_prob: float = _LM.short_bptt_prob,
-    bptt_std: float = _LM.bptt_std,
-    min_seq_len: int = _LM.min_seq_len,
-    max_seq_len_delta: int = _LM.max_seq_len_delta,
-    drop_last: bool = False,
-) -> list[int]:
-    """AWD-LSTM's random sequence lengths, fixed up front so ``len()`` is known and DDP ranks agree.
-
-    Varying the window start means every token is, over epochs, seen with different amounts of
-    left context instead of always at the same offset in a fixed ``bptt`` grid. The lengths sum
-    to ``row_len`` exactly (the stream is covered once); a final remainder shorter than
-    ``min_seq_len`` is merged into the previous batch rather than yielding a near-empty batch,
-    or dropped with ``drop_last``.
-    """
-    if row_len <= 0:
-        return []
-    cap = bptt + max_seq_len_delta
-    out: list[np.ndarray] = []
-    total = 0
-    # Draw in vectorised blocks; the per-draw logic is identical to fastai v0.7's loop.
-    block = max(16, 2 * row_len // max(1, bptt) + 16)
-    while total < row_len:
-        mean = np.where(rng.random(block) < short_bptt_prob, bptt / 2.0, float(bptt))
-        sl = rng.normal(mean, bptt_std).astype(np.int64)  # int() truncation, as fastai
-        sl = np.minimum(np.maximum(sl, min_seq_len), cap)
-        out.append(sl)
-        total += int(sl.sum())
-    lens = np.concatenate(out)
-    cum = np.cumsum(lens)
-    n = int(np.searchsorted(cum, row_len, side="left")) + 1  # first n lens reach row_len
-    lens = lens[:n].tolist()
-    last = row_len - (int(cum[n - 2]) if n > 1 else 0)
-    full_last = last == lens[-1]
-    lens[-1] = last
-    if drop_last and not full_last:
-        lens.pop()  # may leave none, exactly like the fixed-length path
-    elif last < min_seq_len and len(lens) > 1:
-        lens.pop()
-        lens[-1] += last
-    return lens
-
-
 class LMLoader:
     """Contiguous-stream batches ``(x, y)`` for language-model training, fastai v2 layout.
 
@@ -179,8 +122,8 @@ class LMLoader:
     Shuffling happens at document level (order inside a doc is the signal). Call
     :meth:`set_epoch` before each epoch to get a new, reproducible order; like PyTorch's
     ``DistributedSampler``, iterating twice without it repeats the same epoch. All ranks
-    derive the order and the variable lengths from ``seed`` and the epoch only, so they stay
-    in lock step without communicating.
+    derive the order from ``seed`` and the epoch only, so they stay in lock step without
+    communicating.
     """
 
     def __init__(
@@ -191,29 +134,12 @@ class LMLoader:
         bptt: int = _LM.bptt,
         shuffle: bool = _LM.shuffle,
         seed: int = _LM.seed,
-        variable_bptt: bool = _LM.variable_bptt,
-        drop_last: bool = _LM.drop_last,
         *,
-        short_bptt_prob: float = _LM.short_bptt_prob,
-        bptt_std: float = _LM.bptt_std,
-        min_seq_len: int = _LM.min_seq_len,
-        max_seq_len_delta: int = _LM.max_seq_len_delta,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
         self.ids, self.offsets = _check_corpus(ids, offsets)
-        self.cfg = LMLoaderConfig(
-            bs=bs,
-            bptt=bptt,
-            shuffle=shuffle,
-            seed=seed,
-            variable_bptt=variable_bptt,
-            drop_last=drop_last,
-            short_bptt_prob=short_bptt_prob,
-            bptt_std=bptt_std,
-            min_seq_len=min_seq_len,
-            max_seq_len_delta=max_seq_len_delta,
-        )
+        self.cfg = LMLoaderConfig(bs=bs, bptt=bptt, shuffle=shuffle, seed=seed)
         if bs < 1 or bptt < 1:
             raise UserError(f"bs and bptt must be positive, got bs={bs}, bptt={bptt}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -237,44 +163,15 @@ class LMLoader:
         self.epoch = 0
         self._seq_lens = self._make_seq_lens()
 
-    @classmethod
-    def from_config(
-        cls,
-        ids: np.ndarray,
-        offsets: np.ndarray,
-        cfg: LMLoaderConfig,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> LMLoader:
-        return cls(ids, offsets, **asdict(cfg), rank=rank, world_size=world_size)
-
     # -- epoch state -----------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Select the document order and sequence lengths of ``epoch`` (deterministic)."""
+        """Select the document order of ``epoch`` (deterministic)."""
         self.epoch = int(epoch)
-        self._seq_lens = self._make_seq_lens()
 
     def _make_seq_lens(self) -> list[int]:
-        c = self.cfg
-        if c.variable_bptt:
-            return variable_bptt_schedule(
-                self.row_len,
-                c.bptt,
-                _rng(c.seed, self.epoch, _TAG_SEQ_LEN),
-                short_bptt_prob=c.short_bptt_prob,
-                bptt_std=c.bptt_std,
-                min_seq_len=c.min_seq_len,
-                max_seq_len_delta=c.max_seq_len_delta,
-                drop_last=c.drop_last,
-            )
-        n_full, rest = divmod(self.row_len, c.bptt)
-        return [c.bptt] * n_full + ([rest] if rest and not c.drop_last else [])
-
-    @property
-    def seq_lens(self) -> list[int]:
-        """This epoch's batch widths, e.g. to scale the learning rate by ``seq_len / bptt``."""
-        return list(self._seq_lens)
+        """The batch widths: ``bptt`` columns each, the last one narrower."""
+        n_full, rest = divmod(self.row_len, self.cfg.bptt)
+        return [self.cfg.bptt] * n_full + ([rest] if rest else [])
 
     def doc_order(self) -> np.ndarray:
         """Order in which docs are concatenated this epoch (identity unless shuffling)."""
@@ -319,12 +216,11 @@ class LMLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.doc_order() if self.cfg.shuffle else None
         to_flat = self._stream_to_flat(order)
-        seq_lens = list(self._seq_lens)  # snapshot: set_epoch mid-epoch must not tear it
         bs = self.cfg.bs
         rows = np.arange(self.rank * bs, (self.rank + 1) * bs, dtype=np.int64)
         row_starts = rows * self.row_len
         col = 0
-        for sl in seq_lens:
+        for sl in self._seq_lens:
             pos = row_starts[:, None] + (col + np.arange(sl + 1, dtype=np.int64))[None, :]
             win = np.asarray(self.ids[to_flat(pos)], dtype=np.int64)
             # contiguous copies: callers .view(-1) the targets for the loss
@@ -561,22 +457,6 @@ class ClassifierLoader:
             )
             if train
             else SortedSampler(lengths, bs)
-        )
-
-    @classmethod
-    def from_config(
-        cls,
-        ids: np.ndarray,
-        offsets: np.ndarray,
-        cfg: ClassifierLoaderConfig,
-        labels: np.ndarray | Sequence | torch.Tensor | None = None,
-        train: bool = True,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> ClassifierLoader:
-        return cls(
-            ids, offsets, labels, train=train, **asdict(cfg), rank=rank, world_size=world_size
         )
 
     def set_epoch(self, epoch: int) -> None:

@@ -163,7 +163,7 @@ class Predictor:
     def member_ids(self, k: int, local: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, offsets)`` of tokenized texts in member ``k``'s vocabulary (unknown -> 0),
         each document reversed for a backward member."""
-        from ulmfit.tasks.language_model import reverse_docs, vocab_map
+        from ulmfit.corpus import reverse_docs, vocab_map
 
         itos = self._tok.itos_
         table = self._tables[k]
@@ -184,8 +184,8 @@ class Predictor:
         :func:`~ulmfit.models.model_dir.mean_outputs` gives them)."""
         from tqdm.auto import tqdm
 
+        from ulmfit.corpus import TokenCorpus
         from ulmfit.models.model_dir import mean_outputs
-        from ulmfit.tasks.language_model import TokenCorpus
 
         n = len(texts)
         if n == 0:

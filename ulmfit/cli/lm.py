@@ -32,8 +32,9 @@ def _print_metrics(label: str, m: dict) -> None:
 def cmd_lm_eval(args: argparse.Namespace) -> int:
     """Each document is read alone from a fresh hidden state; its tokens 2..n are predicted from
     their prefixes. MODEL: a model directory, or a fastai .pth with --vocab ITOS.pkl."""
+    from ulmfit.corpus import read_token_corpus
+    from ulmfit.lm_eval import lm_eval
     from ulmfit.models.io import load_lm
-    from ulmfit.tasks.language_model import lm_eval, read_token_corpus
 
     inputs = specs(args)
     from ulmfit.devices import resolve_device

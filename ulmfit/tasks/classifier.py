@@ -156,13 +156,8 @@ def read_labelled(
 ) -> LabelledDocs:
     """Read, tokenize (cached) and label ``spec`` (see :func:`read_labels`); ids in
     ``vocab`` (unknown -> 0), each document reversed for a backward model."""
+    from ulmfit.corpus import read_token_corpus, reverse_docs, tokenize_texts, vocab_map
     from ulmfit.data.labels import read_labels
-    from ulmfit.tasks.language_model import (
-        read_token_corpus,
-        reverse_docs,
-        tokenize_texts,
-        vocab_map,
-    )
 
     texts, labels, rows, dropped = read_labels(spec, classes, limit, kind=cfg.label_kind)
     if limit is not None:
@@ -213,7 +208,7 @@ def loss_for(kind: str):
 
 
 def _subset(d: LabelledDocs, idx: np.ndarray) -> LabelledDocs:
-    from ulmfit.tasks.language_model import gather_docs
+    from ulmfit.corpus import gather_docs
 
     ids, off = gather_docs(d.ids, d.offsets, idx)
     return replace(d, ids=ids, offsets=off, labels=d.labels[idx], rows=d.rows[idx])
@@ -345,7 +340,7 @@ def fit_classifier(
 def _read_train_valid(train_spec, valid_spec, vocab: list[str], cfg: ClassifierConfig, direction):
     """The training and validation documents: ``valid_spec`` read with the training classes,
     or a seeded ``cfg.valid_pct`` of the training rows."""
-    from ulmfit.tasks.language_model import split_docs
+    from ulmfit.corpus import split_docs
 
     limit = DRY_RUN_ROWS if cfg.dry_run else None
     train = read_labelled(train_spec, vocab, cfg, limit=limit, direction=direction)
