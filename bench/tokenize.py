@@ -389,7 +389,7 @@ def pkg_version(name: str) -> str:
 
 def ulmfit_version() -> str:
     try:
-        text = (REPO / "ulmfit" / "__init__.py").read_text()
+        text = (REPO / "ulmfit" / "version.py").read_text()
         for line in text.splitlines():
             if line.startswith("__version__"):
                 return line.split("=", 1)[1].strip().strip("\"'")

@@ -1,6 +1,8 @@
 """ulmfit: text classification by transfer learning (ULMFiT), fastai-compatible."""
 
-__version__ = "0.1.0"
+from ulmfit.version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(path, *, device=None, bs=64):

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ulmfit import __version__
 from ulmfit.atomic import atomic_write
 from ulmfit.cache import file_sha256 as sha256_file
 from ulmfit.errors import UserError
+from ulmfit.version import __version__
 
 #: Seconds to wait for the server to answer or send more data before giving up.
 TIMEOUT = 60.0

@@ -64,7 +64,7 @@ def tokenizer_settings() -> dict:
 
 
 def _package_version() -> str:
-    from ulmfit import __version__
+    from ulmfit.version import __version__
 
     return __version__
 

@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ulmfit import __version__
 from ulmfit.errors import UserError
 from ulmfit.models.awd_lstm import AWDLSTMConfig
 from ulmfit.models.io import check_shapes, read_tensors, tokenizer_settings
 from ulmfit.text.vocab import load_vocab
+from ulmfit.version import __version__
 
 MODEL_DIR = "model"  # a run folder's model directory
 TASK = "classifier"

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from ulmfit import processes
+import ulmfit.processes as processes
 from ulmfit.errors import UserError
 from ulmfit.text.tokenize import Tokenizer
 
