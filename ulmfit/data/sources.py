@@ -56,7 +56,8 @@ _MAX_LISTED = 10  # rows shown in a summary or message before "and N more"
 
 @dataclass
 class SourceSpec:
-    """Where the texts (and labels) are, and how to read them."""
+    """Where the texts (and labels) are, and how to read them. A dataset folder (``prepare
+    --export``) brings its own columns: they replace those given."""
 
     path: Path  # file or folder
     text_cols: list[str] | None = None  # None -> "text" for tables; ignored for corpora/folders
