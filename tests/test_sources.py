@@ -553,3 +553,16 @@ def test_bad_settings(tmp_path):
     gz = write(tmp_path / "d.txt.gz", "plain text, not gzip")
     with pytest.raises(UserError, match=r"d.txt.gz: not a complete gzip file"):
         list(iter_source(SourceSpec(gz)))
+
+
+def test_a_folder_with_a_foreign_manifest_is_a_plain_folder(tmp_path):
+    (tmp_path / "pos").mkdir()
+    (tmp_path / "pos" / "1.txt").write_text("good")
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "something else"}))
+    assert guess_format(tmp_path) == "folder"
+    assert SourceSpec(tmp_path).fmt is None
+    with pytest.raises(UserError, match="not a dataset folder"):
+        list(iter_source(SourceSpec(tmp_path, fmt="dataset")))
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "ulmfit-dataset"}))
+    with pytest.raises(UserError, match=r"not a readable dataset folder \(manifest.json\)"):
+        SourceSpec(tmp_path)

@@ -16,12 +16,33 @@ from ulmfit.cli.common import (
 )
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``prepare --export DIR``: a dataset folder that trains without spaCy."""
+    from ulmfit.export import export_dataset
+
+    result = export_dataset(
+        specs(args), prepare_config(args), args.export, overwrite=args.overwrite
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(
+        f"exported in {result['seconds']:.2f} s: {result['docs']:,} documents, "
+        f"{result['tokens']:,} tokens, {result['bytes'] / 2**20:,.1f} MiB in {result['out']}"
+    )
+    for info in result["inputs"]:
+        print(f"  {info['report']}")
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Tokenize (fastai rules + spaCy) on every core, build the vocabulary, numericalize; cached, so
     a re-run over unchanged data is instant. INPUT: CSV/TSV/JSONL/Parquet (.gz too), a folder
     per class, a .txt corpus, or a known dataset name (imdb_sample)."""
     from ulmfit.prepare import prepare
 
+    if args.export is not None:
+        return cmd_export(args)
     data = prepare(specs(args), prepare_config(args))
     summary = {**data.summary(), "seconds": data.meta["seconds"]}
     if args.json:
@@ -69,6 +90,16 @@ def add_prepare_commands(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     add_input_options(p, labels=True)
     add_vocab_size_options(p)
+    p.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="write a dataset folder (tokens, texts, labels, manifest) that the training "
+        "commands read in place of the files, without spaCy",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --export DIR if it is a dataset folder"
+    )
 
     p = add_command(sub, "tokenize", cmd_tokenize, "write the tokens of every row as JSON lines")
     p.add_argument("inputs", nargs=1, metavar="INPUT")
