@@ -241,3 +241,17 @@ def test_lm_eval_on_a_folder_equals_the_file(data, capsys, tmp_path):
         got = [run(capsys, "lm-eval", pre, path, *limit, *opts) for path in (data["train"], data["dir"] / "train_ds")]  # fmt: skip
         assert got[0][0] == got[1][0] == 0
         assert _timeless(json.loads(got[0][1])) == _timeless(json.loads(got[1][1]))
+
+
+def test_pretrain_on_folders_equals_the_files(data, tmp_path, monkeypatch):
+    from ulmfit.tasks.language_model import PretrainConfig, pretrain
+
+    monkeypatch.setenv("ULMFIT_CACHE", str(data["cfg"].cache_dir))
+    files = [SourceSpec(data["train"]), SourceSpec(data["more"])]
+    folders = [SourceSpec(data["dir"] / "train_ds"), SourceSpec(data["dir"] / "more_ds")]
+    cfg = PretrainConfig(emb_sz=8, n_hid=16, n_layers=1, epochs=1, bs=8, device="cpu", workers=1, verbose=False)  # fmt: skip
+    for backwards in (False, True):
+        c = PretrainConfig(**{**cfg.__dict__, "backwards": backwards})
+        a = pretrain(files[:1], tmp_path / f"a{backwards}", c, valid=files[1:])
+        b = pretrain(folders[:1], tmp_path / f"b{backwards}", c, valid=folders[1:])
+        assert a["after"]["loss"] > 0 and _timeless(a["after"]) == _timeless(b["after"])
