@@ -128,7 +128,9 @@ class Unsupported(RuntimeError):
     """This contender cannot run with the installed library (e.g. no ``TrainConfig.compile``)."""
 
 
-def run_ours(ids, bs, bptt, warm, timed, amp: str = "auto", compile: bool = False) -> float:
+def run_ours(
+    ids, bs, bptt, warm, timed, amp: str = "auto", compile: bool = False, vocab: int = 30008
+) -> float:
     """The real thing: our Learner (LMTask: cross-entropy + AR/TAR, clipping 0.1, AdamW with
     one-cycle) on our LanguageModel, timed from the first timed batch to the epoch's end.
     ``amp`` is TrainConfig's (auto: bf16 autocast on a bf16 GPU, off on the CPU); ``compile``
@@ -147,7 +149,7 @@ def run_ours(ids, bs, bptt, warm, timed, amp: str = "auto", compile: bool = Fals
             raise Unsupported("this ulmfit's TrainConfig has no compile field")
         extra["compile"] = True
     torch.manual_seed(0)
-    model = LanguageModel(30008, AWDLSTMConfig())
+    model = LanguageModel(vocab, AWDLSTMConfig())
     train = _TimedLoader(list(_batches(ids, bs, bptt, warm + timed)), warm)
     valid = _TimedLoader(list(_batches(ids, bs, bptt, 1)), 0)
     cfg = TrainConfig(progress=False, verbose=False, plot=False, device=DEVICE, amp=amp, **extra)
