@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -108,4 +109,92 @@ def write_output(
     return path
 
 
-__all__ = ["atomic_write", "check_output", "is_within", "write_output"]
+def check_output_dir(
+    path: Path | str,
+    *,
+    inputs: Iterable[Path | str] = (),
+    overwrite: bool = False,
+    flag: str = "--out",
+    replaceable: Callable[[Path], bool] = lambda p: False,
+) -> Path:
+    """``path`` if a command may write its output folder there (the rules of
+    ``check_output``, for a folder): in a folder that exists and can be written, neither an
+    input nor holding one, and an existing non-empty folder only with ``overwrite`` and only
+    when ``replaceable(path)`` says it is one this command wrote (never a user's folder)."""
+    path = Path(path)
+    shown = f"{flag} {path}"
+    parent = path.parent
+    if not parent.is_dir():
+        raise UserError(f"{shown}: cannot write into {parent}: no such folder")
+    for src in inputs:
+        if src is not None and (is_within(path, src) or is_within(src, path)):
+            raise UserError(f"{shown}: would overwrite the input {src}; choose another folder")
+    if path.exists() or path.is_symlink():
+        if not path.is_dir() or path.is_symlink():
+            raise UserError(f"{shown}: exists and is not a folder; choose another folder")
+        if any(path.iterdir()):
+            if not overwrite:
+                raise UserError(f"{shown}: exists; pass --overwrite to replace it, or choose another folder")  # fmt: skip
+            if not replaceable(path):
+                raise UserError(f"{shown}: exists and was not written by this command; refusing to replace it even with --overwrite")  # fmt: skip
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{shown}: cannot write in the folder {parent} (permission denied)")
+    return path
+
+
+def _synced(folder: Path) -> None:
+    """Every file in ``folder`` (not below) on disk before the folder is renamed into place."""
+    for p in folder.iterdir():
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def write_output_dir(
+    path: Path | str,
+    write: Callable[[Path], None],
+    *,
+    inputs: Iterable[Path | str] = (),
+    overwrite: bool = False,
+    flag: str = "--out",
+    replaceable: Callable[[Path], bool] = lambda p: False,
+) -> Path:
+    """``check_output_dir``, then ``write(tmp)`` into a fresh folder beside ``path``, which
+    is synced and renamed to ``path`` (a folder being replaced is moved aside first, and put
+    back if the rename fails). On any error or Ctrl-C the new folder is removed and ``path``
+    is as it was: a reader sees the old folder or the new one, never half of one."""
+    path = check_output_dir(path, inputs=inputs, overwrite=overwrite, flag=flag, replaceable=replaceable)  # fmt: skip
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.old")
+    try:
+        tmp.mkdir()
+        write(tmp)
+        _synced(tmp)
+        check_output_dir(path, inputs=inputs, overwrite=overwrite, flag=flag, replaceable=replaceable)  # fmt: skip
+        if path.exists():
+            os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if old.exists():
+                os.rename(old, path)
+            raise
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write ({e.strerror or e})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+__all__ = [
+    "atomic_write",
+    "check_output",
+    "check_output_dir",
+    "is_within",
+    "write_output",
+    "write_output_dir",
+]

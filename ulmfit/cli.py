@@ -61,9 +61,26 @@ def _config(args: argparse.Namespace):
     )
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``prepare --export DIR``: a dataset folder that trains without spaCy."""
+    from ulmfit.export import export_dataset
+
+    result = export_dataset(_specs(args), _config(args), args.export, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(
+        f"exported in {result['seconds']:.2f} s: {result['docs']:,} documents, "
+        f"{result['tokens']:,} tokens, {result['bytes'] / 2**20:,.1f} MiB in {result['out']}"
+    )
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from ulmfit.prepare import prepare
 
+    if args.export is not None:
+        return cmd_export(args)
     data = prepare(_specs(args), _config(args))
     summary = {**data.summary(), "seconds": data.meta["seconds"]}
     if args.json:
@@ -1200,6 +1217,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     _add_input_options(p, labels=True)
     _add_vocab_size_options(p)
+    p.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="write a dataset folder (tokens, texts, labels, manifest) that the training "
+        "commands read in place of the files, without spaCy",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --export DIR if it is a dataset folder"
+    )
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser(

@@ -9,6 +9,7 @@ unchanged inputs and settings only hashes the input files and checks the stored 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ulmfit.cache import Cache
+from ulmfit.data import dataset_folder
 from ulmfit.data.sources import ReadReport, SourceSpec, file_fingerprint, guess_format, iter_source
 from ulmfit.errors import UserError
 from ulmfit.text.vocab import VocabConfig, build_vocab, id_dtype, load_vocab, save_vocab
@@ -129,6 +131,26 @@ def _tokenizer_settings() -> dict:
     }
 
 
+def is_dataset(spec: SourceSpec) -> bool:
+    """Whether ``spec`` is a dataset folder (``prepare --export``): tokens, no tokenizing."""
+    return (spec.fmt or guess_format(spec.path)) == "dataset"
+
+
+def tokenizer_of(specs: list[SourceSpec]) -> dict:
+    """The tokenizer settings of the tokens: those stored in the dataset folders when every
+    input is one (no spaCy needed, nor installed), else this machine's, which a folder's must
+    match in everything but the spaCy version to be mixed with text tokenized here."""
+    stored = [dataset_folder.manifest(s.path)["tokenizer"] for s in specs if is_dataset(s)]
+    here = stored[0] if len(stored) == len(specs) else _tokenizer_settings()
+    for spec, settings in zip([s for s in specs if is_dataset(s)], stored):
+        if {**settings, "spacy": None} != {**here, "spacy": None}:
+            raise UserError(
+                f"{spec.path}: tokenized with other rules or special tokens than the other "
+                "inputs; prepare them separately"
+            )
+    return here
+
+
 def tokens_key(specs: list[SourceSpec], cfg: PrepareConfig) -> str:
     from ulmfit.cache import key_of
 
@@ -136,7 +158,7 @@ def tokens_key(specs: list[SourceSpec], cfg: PrepareConfig) -> str:
         {
             "stage": "tokens",
             "version": TOKENS_VERSION,
-            "tokenizer": _tokenizer_settings(),
+            "tokenizer": tokenizer_of(specs),
             "label_kind": cfg.label_kind,
             "inputs": [[file_fingerprint(s), _spec_settings(s)] for s in specs],
         }
@@ -197,28 +219,87 @@ def _share_file(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def _label_kind(specs: list[SourceSpec], cfg: PrepareConfig) -> str:
+    """The one kind of labels every input has ("none" when unlabelled)."""
+    from ulmfit.data.labels import infer_label_kind
+
+    kinds = [infer_label_kind(s, cfg.label_kind) for s in specs]
+    labelled = [k != "none" for k in kinds]
+    if any(labelled) and not all(labelled):
+        raise UserError("some inputs have labels and some do not; prepare them separately")
+    if len(set(kinds)) > 1:
+        raise UserError(f"the inputs have different kinds of labels: {', '.join(kinds)}")
+    return kinds[0] if specs else "none"
+
+
+def _dataset_encoded(spec: SourceSpec, k: int, cfg: PrepareConfig, report: ReadReport, numberer):
+    """The batches of a dataset folder with its tokens numbered as if its texts were
+    tokenized here: its strings are numbered by first appearance too, so each chunk's new
+    strings are the next ones of its list (exactly what a tokenizing worker sends)."""
+    from ulmfit.text.parallel import Encoded
+
+    ids, offsets, strings = dataset_folder.tokens(spec.path)
+    doc = sent = 0
+    for b in iter_source(spec, chunk_rows=cfg.chunk_docs, report=report):
+        b.source = k
+        local = np.asarray(ids[offsets[doc] : offsets[doc + len(b)]], dtype=np.int64)
+        top = int(local.max()) + 1 if len(local) else sent
+        new, sent = strings[sent:top], max(sent, top)
+        lengths = np.diff(offsets[doc : doc + len(b) + 1])
+        yield b, Encoded(numberer.add(-1 - k, local, new), lengths)
+        doc += len(b)
+
+
+def _encoded(specs: list[SourceSpec], cfg: PrepareConfig, reports: list, workers: int, numberer):
+    """``(batch, Encoded)`` of every input in order: text tokenized on ``workers`` processes
+    (a run of text inputs at a time), dataset folders' tokens taken as they are."""
+    from ulmfit.text.parallel import encode_chunks
+
+    k = 0
+    while k < len(specs):
+        if is_dataset(specs[k]):
+            yield from _dataset_encoded(specs[k], k, cfg, reports[k], numberer)
+            k += 1
+            continue
+        run = list(itertools.takewhile(lambda j: not is_dataset(specs[j]), range(k, len(specs))))
+
+        def batches(run=run):
+            for j in run:
+                for b in iter_source(specs[j], chunk_rows=cfg.chunk_docs, report=reports[j]):
+                    b.source = j
+                    yield b
+
+        # closed here, not whenever it is collected: an error stops the workers at once
+        with closing(encode_chunks(batches(), workers, numberer)) as encoded:
+            yield from encoded
+        k = run[-1] + 1
+
+
+def _write_labels(tmp: Path, specs: list[SourceSpec], kind: str, raw_labels: list) -> list[str]:
+    """Check and encode the labels of every document into ``labels.npy``; their classes."""
+    from ulmfit.data.labels import encode_labels
+
+    spec = specs[0]
+    where = str(spec.path) if len(specs) == 1 else ", ".join(str(s.path) for s in specs)
+    cols = (
+        spec.label_cols
+        if spec.label_cols and len(spec.label_cols) > 1
+        else (spec.label_cols[0] if spec.label_cols else "folder")
+    )
+    rows_all = np.load(tmp / "rows.npy")
+    ls = encode_labels(raw_labels, kind, rows_all.tolist(), where, cols)
+    np.save(tmp / "labels.npy", ls.values)
+    return list(ls.classes)
+
+
 def _write_tokens(tmp: Path, specs: list[SourceSpec], cfg: PrepareConfig) -> dict:
-    from ulmfit.data.labels import encode_labels, infer_label_kind
-    from ulmfit.text.parallel import CorpusNumberer, default_workers, encode_chunks
+    from ulmfit.text.parallel import CorpusNumberer, default_workers
 
     t0 = time.perf_counter()
     workers = cfg.workers or default_workers()
     numberer = CorpusNumberer()
     reports = [ReadReport() for _ in specs]
-    kinds = [infer_label_kind(s, cfg.label_kind) for s in specs]
-    labelled = [k != "none" for k in kinds]
-    if any(labelled) and not all(labelled):
-        raise UserError("some inputs have labels and some do not; prepare them separately")
-    kind = kinds[0] if specs else "none"
-    if len(set(kinds)) > 1:
-        raise UserError(f"the inputs have different kinds of labels: {', '.join(kinds)}")
-
-    def batches():
-        for k, spec in enumerate(specs):
-            for b in iter_source(spec, chunk_rows=cfg.chunk_docs, report=reports[k]):
-                b.source = k
-                yield b
-
+    kind = _label_kind(specs, cfg)
     total_bytes = sum(_input_size(s.path) for s in specs)
     raw_labels: list = []
     done_chars = 0
@@ -231,8 +312,7 @@ def _write_tokens(tmp: Path, specs: list[SourceSpec], cfg: PrepareConfig) -> dic
         open(tmp / "rows.raw", "wb") as rows,
         open(tmp / "sources.raw", "wb") as sources,
         _progress(cfg, specs) as bar,
-        # closed here, not whenever it is collected: an error stops the workers at once
-        closing(encode_chunks(batches(), workers, numberer)) as encoded,
+        closing(_encoded(specs, cfg, reports, workers, numberer)) as encoded,
     ):
         for batch, enc in encoded:
             out.write(enc.ids.tobytes())
@@ -252,19 +332,7 @@ def _write_tokens(tmp: Path, specs: list[SourceSpec], cfg: PrepareConfig) -> dic
     _raw_to_npy(tmp / "sources.raw", np.int32, tmp / "sources.npy")
     (tmp / "strings.json").write_text(json.dumps(numberer.itos, ensure_ascii=False))
     np.save(tmp / "counts.npy", numberer.counts[: len(numberer.itos)])
-    classes: list[str] = []
-    if kind != "none":
-        spec = specs[0]
-        where = str(spec.path) if len(specs) == 1 else ", ".join(str(s.path) for s in specs)
-        cols = (
-            spec.label_cols
-            if spec.label_cols and len(spec.label_cols) > 1
-            else (spec.label_cols[0] if spec.label_cols else "folder")
-        )
-        rows_all = np.load(tmp / "rows.npy")
-        ls = encode_labels(raw_labels, kind, rows_all.tolist(), where, cols)
-        np.save(tmp / "labels.npy", ls.values)
-        classes = list(ls.classes)
+    classes = _write_labels(tmp, specs, kind, raw_labels) if kind != "none" else []
     return {
         "docs": n_docs,
         "tokens": int(n_tokens),
@@ -323,12 +391,22 @@ def _write_numbers(tmp: Path, tok_entry: Path, cfg: PrepareConfig) -> dict:
     }
 
 
+def _tokens(specs: list[SourceSpec], cfg: PrepareConfig, tkey: str) -> tuple[Path, bool]:
+    """The tokens entry: a dataset folder given alone is one (nothing is copied or
+    tokenized); other inputs are tokenized into the cache."""
+    if len(specs) == 1 and is_dataset(specs[0]):
+        meta = dataset_folder.manifest(specs[0].path)["meta"]
+        if cfg.label_kind in (None, meta["label_kind"]):
+            return specs[0].path, False
+    cache = Cache(cfg.cache_dir)
+    return cache.build("tokens", tkey, lambda tmp: _write_tokens(tmp, specs, cfg))
+
+
 def tokenize_stage(specs: list[SourceSpec], cfg: PrepareConfig) -> tuple[Path, bool]:
     """The cached tokens of ``specs`` (entry folder, whether it was computed now)."""
     if not specs:
         raise UserError("no input given")
-    cache = Cache(cfg.cache_dir)
-    return cache.build("tokens", tokens_key(specs, cfg), lambda tmp: _write_tokens(tmp, specs, cfg))
+    return _tokens(specs, cfg, tokens_key(specs, cfg))
 
 
 def prepare(specs: list[SourceSpec], cfg: PrepareConfig | None = None) -> Prepared:
@@ -348,7 +426,7 @@ def prepare(specs: list[SourceSpec], cfg: PrepareConfig | None = None) -> Prepar
     if entry is not None:
         data = Prepared.load(entry, cached=True)
     else:
-        tok_entry, _ = cache.build("tokens", tkey, lambda tmp: _write_tokens(tmp, specs, cfg))
+        tok_entry, _ = _tokens(specs, cfg, tkey)
         entry, built = cache.build("numbers", nkey, lambda tmp: _write_numbers(tmp, tok_entry, cfg))
         data = Prepared.load(entry, cached=not built)
     _current_paths(data.meta, specs)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ulmfit.data import dataset_folder
 from ulmfit.data.sources import ReadReport, SourceSpec, folder_classes, guess_format, iter_source
 from ulmfit.errors import UserError
 
@@ -137,9 +138,12 @@ class _Where:
 
 
 def _folder_has_classes(spec: SourceSpec) -> bool:
-    if not spec.path.is_dir() or (spec.fmt or guess_format(spec.path)) != "folder":
+    if not spec.path.is_dir():
         return False
-    return bool(folder_classes(spec.path))
+    fmt = spec.fmt or guess_format(spec.path)
+    if fmt == "dataset":  # exported from a folder per class
+        return dataset_folder.class_folders(spec.path)
+    return fmt == "folder" and bool(folder_classes(spec.path))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,9 +14,7 @@ header is not a row), i.e. the index pandas would give the row; messages for peo
 from __future__ import annotations
 
 import codecs
-import gzip
 import hashlib
-import io
 import itertools
 import json
 import math
@@ -24,11 +22,20 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from ulmfit.data import dataset_folder
+from ulmfit.data.reading import (
+    decode_error,
+    first_line,
+    guarded,
+    hash_file,
+    open_text,
+    text_encoding,
+)
 from ulmfit.errors import UserError
 
-FORMATS = ("csv", "tsv", "jsonl", "parquet", "txt", "folder")
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "txt", "folder", "dataset")
 CORPUS_MODES = ("auto", "lines", "wikitext")
 FLD = "xxfld"  # fastai's field marker, put before each of several text columns
 WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
@@ -44,7 +51,6 @@ _SUFFIX_FORMATS = {
     ".pq": "parquet",
     ".txt": "txt",
 }
-_BLOCK = 1 << 20  # 1 MiB: read size for hashing and for the encoding scan
 _MAX_LISTED = 10  # rows shown in a summary or message before "and N more"
 
 
@@ -62,6 +68,12 @@ class SourceSpec:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
+        if self.fmt in (None, "dataset") and dataset_folder.is_dataset_folder(self.path):
+            # its texts and labels were read with the columns given to prepare: those are its
+            # columns (what a command asks or defaults to is not asked of a folder)
+            cols = dataset_folder.columns(self.path)
+            self.text_cols, self.label_cols = cols["text_cols"], cols["label_cols"]
+            self.label_delim, self.fmt = cols["label_delim"], "dataset"
 
 
 @dataclass
@@ -124,7 +136,7 @@ def guess_format(path: Path) -> str:
     """The reader to use: a folder, or the file suffix (a trailing .gz is looked through)."""
     path = Path(path)
     if path.is_dir():
-        return "folder"
+        return "dataset" if dataset_folder.is_dataset_folder(path) else "folder"
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
@@ -165,6 +177,7 @@ def _iter_checked(
         "parquet": _iter_parquet,
         "txt": _iter_corpus,
         "folder": _iter_folder,
+        "dataset": _iter_dataset,
     }
     yield from readers[fmt](spec, chunk_rows, report)
     if report.rows_read == 0:
@@ -184,15 +197,17 @@ def file_fingerprint(spec: SourceSpec) -> str:
     """
     path = spec.path
     fmt = _check_spec(spec)
+    if fmt == "dataset":
+        return dataset_folder.fingerprint(path)
     digest = hashlib.sha256()
     if fmt != "folder":
-        _hash_file(digest, path)
+        hash_file(digest, path)
         return digest.hexdigest()
     for rel, file in _folder_files(path):
         name = rel.encode("utf-8")
         digest.update(len(name).to_bytes(8, "little") + name)
         digest.update(file.stat().st_size.to_bytes(8, "little"))
-        _hash_file(digest, file)
+        hash_file(digest, file)
     return digest.hexdigest()
 
 
@@ -233,9 +248,11 @@ def _check_spec(spec: SourceSpec) -> str:
     fmt = spec.fmt or guess_format(path)
     if fmt not in FORMATS:
         raise UserError(f"{path}: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
-    if (fmt == "folder") != path.is_dir():
+    if (fmt in ("folder", "dataset")) != path.is_dir():
         kind = "a folder" if path.is_dir() else "a file"
         raise UserError(f"{path}: is {kind}, which cannot be read as format {fmt!r}")
+    if fmt == "dataset" and not dataset_folder.is_dataset_folder(path):
+        raise UserError(f"{path}: not a dataset folder (written by ulmfit prepare --export)")
     if spec.corpus_mode not in CORPUS_MODES:
         raise UserError(
             f"{path}: unknown corpus mode {spec.corpus_mode!r} (known: {', '.join(CORPUS_MODES)})"
@@ -350,113 +367,6 @@ def _batch_from_columns(
 
 
 # ---------------------------------------------------------------------------------------------
-# Opening files, and the one-line message for bytes that are not in the asked encoding
-
-
-def _open_binary(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
-
-
-def _text_encoding(encoding: str) -> str:
-    """Read UTF-8 input as utf-8-sig so that a byte-order mark does not end up in the first text."""
-    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-
-
-def _open_text(path: Path, encoding: str) -> IO[str]:
-    """Text stream that splits lines at "\\n" only (a stray "\\r" inside a line stays put)."""
-    return io.TextIOWrapper(_open_binary(path), encoding=_text_encoding(encoding), newline="\n")
-
-
-def _first_bad_byte(open_raw: Callable[[], IO[bytes]], encoding: str) -> tuple[int, int, bytes]:
-    """(1-based line, 0-based byte offset, the bad bytes) of the first undecodable byte.
-
-    Scans the raw (decompressed) bytes with an incremental decoder in 1 MiB blocks, because the
-    position in a UnicodeDecodeError from pandas or a TextIOWrapper is relative to an internal
-    buffer, not to the file. Returns (0, -1, b"") when every byte decodes.
-    """
-    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-    offset = 0  # bytes before the current block
-    newlines = 0  # b"\n" before the current block
-    with open_raw() as raw:
-        while True:
-            block = raw.read(_BLOCK)
-            final = not block
-            state = decoder.getstate()
-            pending = state[0] if isinstance(state[0], bytes) else b""
-            try:
-                decoder.decode(block, final=final)
-            except UnicodeDecodeError as e:
-                start = offset - len(pending) + e.start
-                before = block[: max(0, e.start - len(pending))]
-                return newlines + before.count(b"\n") + 1, start, e.object[e.start : e.end]
-            if final:
-                return 0, -1, b""
-            offset += len(block)
-            newlines += block.count(b"\n")
-
-
-def _decode_error(path: Path, encoding: str, err: UnicodeDecodeError) -> UserError:
-    """The one-line message for a file that is not in `encoding`, with the real line and byte."""
-    line, offset, bad = _first_bad_byte(lambda: _open_binary(path), encoding)
-    if offset < 0:  # the scan found nothing: fall back to what the decoder said
-        return UserError(f"{path}: not valid {encoding}: {err}; try --encoding latin-1")
-    where = " of the decompressed data" if path.suffix.lower() == ".gz" else ""
-    return UserError(
-        f"{path}: not valid {encoding} at line {line}, byte offset {offset}{where} "
-        f"(byte 0x{bad[:1].hex()}); if the file uses another encoding, say so, e.g. --encoding latin-1"
-    )
-
-
-def _read_errors(path: Path, encoding: str) -> Callable[[BaseException], UserError | None]:
-    """Map the exceptions that reading a (possibly gzipped) file can raise to a UserError."""
-
-    def convert(err: BaseException) -> UserError | None:
-        if isinstance(err, UnicodeDecodeError):
-            return _decode_error(path, encoding, err)
-        if isinstance(err, (gzip.BadGzipFile, EOFError)) or (
-            isinstance(err, OSError) and "gzip" in str(err).lower()
-        ):
-            return UserError(f"{path}: not a complete gzip file ({_one_line(err)})")
-        if isinstance(err, IsADirectoryError | PermissionError | FileNotFoundError):
-            return UserError(f"{path}: cannot open ({err.strerror})")
-        return None
-
-    return convert
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _guarded(
-    path: Path, encoding: str, batches: Iterator[Batch], extra: Callable[[BaseException], Any]
-) -> Iterator[Batch]:
-    """Re-raise reading errors from `batches` as one-line UserErrors."""
-    convert = _read_errors(path, encoding)
-    try:
-        yield from batches
-    except UserError:
-        raise
-    except Exception as err:
-        user_err = convert(err) or extra(err)
-        if user_err is None:
-            raise
-        raise user_err from None
-
-
-def _hash_file(digest: Any, path: Path) -> None:
-    buf = bytearray(_BLOCK)
-    view = memoryview(buf)
-    try:
-        with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                digest.update(view[:n])
-    except OSError as e:  # the first read of every input: no permission, a vanished file
-        raise UserError(f"{path}: cannot read ({e.strerror or _one_line(e)})") from None
-
-
-# ---------------------------------------------------------------------------------------------
 # CSV / TSV (pandas, in chunks)
 
 
@@ -482,7 +392,7 @@ def _iter_delimited(spec: SourceSpec, chunk_rows: int, report: ReadReport) -> It
         if isinstance(err, pd.errors.EmptyDataError):
             return UserError(f"{spec.path}: the file is empty (no header row)")
         if isinstance(err, pd.errors.ParserError | ValueError):
-            return UserError(f"{spec.path}: cannot parse as {fmt.upper()}: {_one_line(err)}")
+            return UserError(f"{spec.path}: cannot parse as {fmt.upper()}: {first_line(err)}")
         return None
 
     def batches() -> Iterator[Batch]:
@@ -501,7 +411,7 @@ def _iter_delimited(spec: SourceSpec, chunk_rows: int, report: ReadReport) -> It
                 if batch is not None:
                     yield batch
 
-    yield from _guarded(spec.path, spec.encoding, batches(), extra)
+    yield from guarded(spec.path, spec.encoding, batches(), extra)
 
 
 def _implicit_index_error(spec: SourceSpec, fmt: str, n_cols: int) -> UserError:
@@ -527,7 +437,7 @@ def _iter_jsonl(spec: SourceSpec, chunk_rows: int, report: ReadReport) -> Iterat
         columns: dict[str, list[Any]] = {c: [] for c in cols}
         first = 0
         row = 0
-        with _open_text(spec.path, spec.encoding) as f:
+        with open_text(spec.path, spec.encoding) as f:
             for line_no, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -547,7 +457,7 @@ def _iter_jsonl(spec: SourceSpec, chunk_rows: int, report: ReadReport) -> Iterat
             if batch is not None:
                 yield batch
 
-    yield from _guarded(spec.path, spec.encoding, batches(), lambda err: None)
+    yield from guarded(spec.path, spec.encoding, batches(), lambda err: None)
 
 
 def _parse_json_line(path: Path, line: str, line_no: int) -> dict:
@@ -578,7 +488,7 @@ def _iter_parquet(spec: SourceSpec, chunk_rows: int, report: ReadReport) -> Iter
     try:
         pf = pq.ParquetFile(spec.path)
     except (pa.ArrowException, OSError) as err:
-        raise UserError(f"{spec.path}: not a readable Parquet file ({_one_line(err)})") from None
+        raise UserError(f"{spec.path}: not a readable Parquet file ({first_line(err)})") from None
     _check_columns(spec, pf.schema_arrow.names)
     cols = _needed_cols(spec)
     first = 0
@@ -660,9 +570,18 @@ def _iter_folder(spec: SourceSpec, chunk_rows: int, report: ReadReport) -> Itera
 def _read_whole(file: Path, encoding: str) -> str:
     data = file.read_bytes()
     try:
-        return data.decode(_text_encoding(encoding))
+        return data.decode(text_encoding(encoding))
     except UnicodeDecodeError as err:
-        raise _decode_error(file, encoding, err) from None
+        raise decode_error(file, encoding, err) from None
+
+
+def _iter_dataset(spec: SourceSpec, chunk_rows: int, report: ReadReport) -> Iterator[Batch]:
+    """A dataset folder's documents as its inputs gave them: texts, raw labels and rows."""
+    total, skipped = dataset_folder.rows_read(spec.path)
+    for texts, labels, rows in dataset_folder.iter_docs(spec.path, chunk_rows):
+        yield Batch(texts, labels, rows)
+    report.rows_read += total
+    report.skipped_empty.extend(skipped)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -673,7 +592,7 @@ def _iter_corpus(spec: SourceSpec, chunk_rows: int, report: ReadReport) -> Itera
     """Documents of a .txt corpus, streamed line by line, `chunk_rows` documents per batch."""
 
     def batches() -> Iterator[Batch]:
-        with _open_text(spec.path, spec.encoding) as f:
+        with open_text(spec.path, spec.encoding) as f:
             lines = (line.rstrip("\r\n") for line in f)
             mode, lines = _corpus_mode(spec.corpus_mode, lines)
             docs = _wikitext_docs(lines) if mode == "wikitext" else _line_docs(lines)
@@ -683,7 +602,7 @@ def _iter_corpus(spec: SourceSpec, chunk_rows: int, report: ReadReport) -> Itera
                 yield Batch(chunk, None, list(range(row, row + len(chunk))))
                 row += len(chunk)
 
-    yield from _guarded(spec.path, spec.encoding, batches(), lambda err: None)
+    yield from guarded(spec.path, spec.encoding, batches(), lambda err: None)
 
 
 def _corpus_mode(mode: str, lines: Iterator[str]) -> tuple[str, Iterator[str]]:

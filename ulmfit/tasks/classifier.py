@@ -256,7 +256,10 @@ def read_labelled(
 ) -> LabelledDocs:
     """Read, tokenize (cached) and label ``spec`` (see :func:`read_labels`); ids in
     ``vocab`` (unknown -> 0), each document reversed for a backward model."""
+    from ulmfit.export import texts_tokens
+    from ulmfit.prepare import is_dataset
     from ulmfit.tasks.language_model import (
+        TokenCorpus,
         read_token_corpus,
         reverse_docs,
         tokenize_texts,
@@ -264,7 +267,9 @@ def read_labelled(
     )
 
     texts, labels, rows, dropped = read_labels(spec, classes, limit, kind=cfg.label_kind)
-    if limit is not None:
+    if limit is not None and is_dataset(spec):  # a dataset folder: its tokens, no spaCy
+        corpus = TokenCorpus(*texts_tokens(spec, texts))
+    elif limit is not None:
         corpus = tokenize_texts(texts)
     else:
         corpus = read_token_corpus([spec], workers=cfg.workers, cache_dir=cfg.cache_dir)

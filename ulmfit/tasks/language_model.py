@@ -469,10 +469,15 @@ def head_specs(specs: list, n_rows: int, folder: Path) -> list:
     """Each input cut to its first ``n_rows`` texts, written as JSON Lines into ``folder``
     (for ``--dry-run``: the real reading, tokenizing and caching code on little data)."""
     from ulmfit.data.sources import SourceSpec, iter_source
+    from ulmfit.export import head_dataset
+    from ulmfit.prepare import is_dataset
 
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for k, spec in enumerate(specs):
+        if is_dataset(spec):  # its tokens, cut: a dry run needs no spaCy either
+            out.append(head_dataset(spec, n_rows, folder / f"head{k}"))
+            continue
         texts: list[str] = []
         for batch in iter_source(spec, chunk_rows=n_rows):
             texts.extend(batch.texts[: n_rows - len(texts)])
