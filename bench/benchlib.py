@@ -106,6 +106,7 @@ def export(files: list[Path], out: Path, labels: bool, raw: bool = False) -> dic
     ``finetune-lm``, ``fit`` and ``evaluate`` read without spaCy (what a GPU machine needs).
     ``raw``: copy the files instead (a CPU rehearsal on a checkout without ``--export``; the
     commands then tokenize them, with spaCy). Returns prepare's JSON summary."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     args = [str(f) for f in files] + ["--text-col", "text"]
     args += ["--label-col", "label"] if labels else []
     report, _, _ = run_ulmfit(["prepare", *args] + ([] if raw else ["--export", str(out)]))

@@ -145,29 +145,29 @@ def _copy_pretrained(weights: Path, vocab: Path, folder: Path) -> list[str]:
     return ["--pretrained", f"model/{weights.name}", "--vocab", f"model/{vocab.name}"]
 
 
-def cmd_bundle(args) -> int:
-    out = Path(args.out_dir)
+def make_bundle(files: dict[str, Path], pretrained: Path, vocab: Path, out: Path, **meta) -> list:
+    """Each of ``files`` (train, test, unsup) exported, the pretrained LM and bundle.json,
+    packed into ``out``'s parts (returned)."""
     with tempfile.TemporaryDirectory(prefix="imdb_gpu-") as scratch:
-        stage = Path(scratch) / "bundle"
-        files = _inputs(args.limit, Path(scratch), args.seed)
-        summary = {}
+        stage, summary = Path(scratch) / "bundle", {}
         for split, f in files.items():
             _say(f"bundle: ulmfit prepare {f} --export {split}")
-            summary[split] = export([f], stage / split, split != "unsup", raw=args.raw)
-        given = _copy_pretrained(args.pretrained, args.vocab, stage / "model")
-        meta = {
-            "created": _now(),
-            "commit": git_commit(),
-            "command": shlex.join(["python", *sys.argv]),
-            "limit": args.limit,
-            "raw": args.raw,
-            "pretrained": {"given": given, "from": str(args.pretrained)},
-            "prepare": summary,
-        }
+            summary[split] = export([f], stage / split, split != "unsup", meta.get("raw", False))
+        given = _copy_pretrained(pretrained, vocab, stage / "model")
+        meta.update(created=_now(), commit=git_commit(), prepare=summary)
+        meta["pretrained"] = {"given": given, "from": str(pretrained)}
         write_json(stage / BUNDLE, meta)
-        parts = pack(stage, out)
+        return pack(stage, out)
+
+
+def cmd_bundle(args) -> int:
+    with tempfile.TemporaryDirectory(prefix="imdb_gpu-") as scratch:
+        files = _inputs(args.limit, Path(scratch), args.seed)
+        command = shlex.join(["python", *sys.argv])
+        parts = make_bundle(files, args.pretrained, args.vocab, Path(args.out_dir),
+                            command=command, limit=args.limit, raw=args.raw)  # fmt: skip
     sizes = {str(p): round(sum(f.stat().st_size for f in p.iterdir()) / 2**20, 2) for p in parts}
-    print(json.dumps({"parts": sizes, "docs": {s: r.get("docs") for s, r in summary.items()}}))
+    print(json.dumps({"parts": sizes}))
     return 0
 
 
@@ -277,7 +277,7 @@ def cmd_run(args) -> int:
     try:
         data = unpack(Path(args.parts), work / "data")
         bundle = json.loads((data / BUNDLE).read_text(encoding="utf-8"))
-        res["bundle"] = {k: bundle[k] for k in ("created", "commit", "limit", "raw", "prepare")}
+        res["bundle"] = {k: bundle.get(k) for k in ("created", "commit", "limit", "raw", "prepare")}
         res["unpack_s"] = round(time.monotonic() - T_START, 1)
         pretrained = bundle["pretrained"]["given"]
         for name, cmd in _steps(args, data, work, _lm_epochs(args, bundle, res), pretrained):
