@@ -1,46 +1,31 @@
 """One-shot GPU speed benchmark: ours vs fastai 2.8, language model and classifier, one run.
 
-Each contender runs in its own subprocess (its own timeout: one failure or out-of-memory
-loses only that measurement), with ``torch.cuda.synchronize()`` around every timed region
-and the peak GPU memory of each subprocess (``torch.cuda.max_memory_allocated``):
+Each contender runs in its own subprocess (its own timeout: a failure or out-of-memory loses
+only that measurement), ``torch.cuda.synchronize()`` around every timed region, with the peak
+GPU memory of each subprocess. Ours is the library's own code; fastai's is the one other
+implementation here:
 
-- **language-model training, tokens/s** at bs 64 / 128 / 256, bptt 80, mixed precision: the
-  contenders of bench/lm_train.py (imported from it): ours = the library's ``Learner`` +
-  ``LMTask`` (``amp="auto"``: bf16 autocast on a bf16 GPU); fastai =
-  ``language_model_learner(...).to_fp16()``; plain = ``nn.LSTM`` x 3 under bf16 autocast.
-  Extras when time allows: ours and plain in fp16, ours with ``TrainConfig(compile=True)``.
-- **pretraining, tokens/s**: ``ulmfit pretrain`` on the exported Wikipedia text, one epoch,
-  the whole command (it also makes the language model the classifier jobs start from).
-- **classifier training, documents/s**: ours = ``ulmfit fit`` on an exported sample of IMDb
-  training reviews (``--lm-epochs 1``), its classifier stage: fit's gradual unfreezing, 1 +
-  1 + 1 + ``--clas-epochs`` epochs, validation included, documents/s = training documents x
-  epochs / the stage's seconds; fastai = ``text_classifier_learner(...).to_fp16()`` on the same
-  reviews (tokenized here, wiki30k ids; ``SortedDL`` + ``Pad_Chunk``), fastai's IMDb schedule
-  (``freeze_to(-1)``, ``-2``, ``-3``, ``unfreeze()``), timed the same way.
-- **classifier prediction, documents/s** over exported IMDb test reviews: ours = ``ulmfit
-  evaluate RUN TEST --bs N`` (the second of two calls, loading included); fastai =
-  ``learn.get_preds(dl=...)`` with ``to_fp16()``, the second of two passes.
+- LM training tokens/s at bs 64/128/256, bptt 80, mixed precision: bench/lm_train.py's
+  contenders (ours: ``Learner`` + ``LMTask``, amp="auto"; fastai ``to_fp16()``; plain
+  ``nn.LSTM`` x 3 under bf16 autocast; fp16 and ``compile=True`` extras when time allows);
+- ``ulmfit pretrain`` on the exported Wikipedia text, one epoch: tokens/s of the command (its
+  model is what the classifier jobs start from);
+- classifier training docs/s: ``ulmfit fit --lm-epochs 1`` on exported IMDb reviews, its
+  classifier stage (1+1+1+``--clas-epochs`` epochs of gradual unfreezing, validation
+  included), beside ``text_classifier_learner(...).to_fp16()`` with fastai's IMDb schedule on
+  the same reviews, timed the same way;
+- classifier prediction docs/s: ``ulmfit evaluate RUN TEST`` (the second of two calls,
+  loading included) beside fastai's ``get_preds``.
 
-Step 1, here (tokenizes the texts, exports them, downloads fastai's wheels; no GPU)::
-
-    .venv/bin/python bench/gpu_speed.py bundle            # writes .gpu/speed/
-
-Step 2, on the GPU machine (Python 3.12 with torch, numpy, pandas, ...; no fastai, no spaCy,
-no ../shared), with ``.gpu/speed`` carried along, in one call of at most 8 minutes::
-
+    .venv/bin/python bench/gpu_speed.py bundle       # here: writes .gpu/speed/ (< 48 MiB)
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/speed/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-    python3 bench/gpu_speed.py run --bundle .gpu/speed --out $OUT
-
-It keeps to ``--budget-s`` (default 450 s) from its own start: a job that would not fit in
-what is left is skipped and listed; later rounds (``--repeat``, default 3; medians reported)
-run only while time remains. ``DIR/results.json``, ``DIR/results.md`` and ``DIR/logs/*.log``
-are rewritten after every job. A CPU dry run of every code path (fastai included)::
-
+    python3 bench/gpu_speed.py run --bundle .gpu/speed --out $OUT     # the GPU, <= 8 min
     .venv/bin/python bench/gpu_speed.py run --bundle .gpu/speed --out /tmp/x --device cpu \\
-        --quick --fastai-python bench/.venv-fastai/bin/python
+        --quick --fastai-python bench/.venv-fastai/bin/python          # CPU dry run
 
-spaCy is made unimportable in every subprocess (``sys.modules["spacy"] = None``), as on the
-GPU machine.
+The run keeps to ``--budget-s`` (450 s): a job that would not fit is skipped and listed;
+``--repeat`` rounds (3; medians) run while time remains; results.json, results.md and logs/
+are rewritten after every job. spaCy is unimportable in every subprocess, as on the GPU.
 """
 
 from __future__ import annotations
@@ -528,14 +513,8 @@ def _plan(a, bundle_dir: Path, manifest: dict, work: Path) -> list[Job]:
             "exported_train_docs": manifest["exports"]["clas_train"]["docs"]}  # fmt: skip
     if a.only & {"clas", "pred"}:  # the LM that fit starts from
         spec = {**base, "kind": "pretrain", "name": "ours", "bs": 64}
-        jobs.append(
-            Job(
-                "pretrain",
-                "ours",
-                64,
-                {**spec, "wiki_tokens": manifest["exports"]["wiki"]["tokens"]},
-            )
-        )
+        spec["wiki_tokens"] = manifest["exports"]["wiki"]["tokens"]
+        jobs.append(Job("pretrain", "ours", 64, spec))
     if "clas" in a.only:
         for bs in a.clas_bs:
             spec = {**clas, "kind": "clas_train", "bs": bs, "epochs": a.clas_epochs}
@@ -660,7 +639,7 @@ def _report(a, jobs: list[Job], meta: dict, out_dir: Path, final: bool) -> None:
         f"\n## {'GPU speed: ours vs fastai 2.8' if gpu else 'gpu_speed.py dry run on the CPU'}"
         f" ({meta['date']})\n",
         *(["**Dry run, not a benchmark**.\n"] if not gpu or a.quick else []),
-        f"- Machine: {env.get('gpu') or env.get('cpu')} (driver, memory: {meta['driver']}); "
+        f"- Machine: {env.get('gpu') or 'no GPU'} (driver, memory: {meta['driver']}); "
         f"{meta['cpu']}; {a.threads} torch thread(s) per subprocess on a CPU",
         f"- Versions: python {env.get('python')}, torch {env.get('torch')}, CUDA "
         f"{env.get('cuda')}, cuDNN {env.get('cudnn')}; fastai {fa.get('fastai', '?')} (fastcore "
