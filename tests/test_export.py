@@ -59,6 +59,9 @@ def test_folder_reads_as_the_file_it_was_exported_from(data):
         SourceSpec(data["dir"] / "train_ds"),
     )
     assert folder.fmt == "dataset" and folder.label_cols == ["label"] and folder.text_cols is None
+    # the columns are the folder's, whatever a command asks or defaults to
+    asked = SourceSpec(data["dir"] / "train_ds", text_cols=["body"], label_cols=None)
+    assert (asked.text_cols, asked.label_cols) == (None, ["label"])
     assert _read(folder) == _read(csv)
     assert _read(folder)[4] == [5, 17]  # the rows with no text, skipped as in the file
     a = read_token_corpus([csv], workers=1, cache_dir=data["cfg"].cache_dir)
@@ -91,6 +94,23 @@ def test_several_label_columns_and_delimited_labels_keep_their_raw_values(data, 
         export_dataset([SourceSpec(path, **kw)], data["cfg"], out)
         assert _read(SourceSpec(out)) == _read(SourceSpec(path, **kw))
         assert prepare([SourceSpec(out)], data["cfg"]).label_kind == "multi"
+
+
+def test_a_folder_per_class_and_typed_json_labels(data, tmp_path):
+    src = tmp_path / "reviews"
+    for i, r in enumerate(trec_rows(12)):
+        (src / r["label"]).mkdir(parents=True, exist_ok=True)
+        (src / r["label"] / f"{i}.txt").write_text(r["text"] if i != 3 else " ")
+    jsonl = tmp_path / "typed.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": f"q {i}", "y": [1, 10, 2][i % 3]}) + "\n" for i in range(9)))  # fmt: skip
+    for spec in (SourceSpec(src), SourceSpec(jsonl, label_cols=["y"])):
+        out = tmp_path / f"{spec.path.name}_ds"
+        export_dataset([spec], data["cfg"], out)
+        assert _read(SourceSpec(out)) == _read(spec)
+    a = prepare([SourceSpec(src)], data["cfg"])
+    b = prepare([SourceSpec(tmp_path / "reviews_ds")], data["cfg"])
+    assert a.label_kind == b.label_kind == "single" and a.classes == b.classes
+    assert np.array_equal(a.labels, b.labels)
 
 
 def run(capsys, *argv):
@@ -131,6 +151,18 @@ def test_export_refuses_an_existing_folder_unless_overwrite(data, tmp_path, caps
     assert code == 2 and "refusing to replace it" in err and (mine / "notes.txt").exists()
     code, _, err = run(capsys, "prepare", data["train"], "--export", Path(data["train"]).parent, "--overwrite", *opts)  # fmt: skip
     assert code == 2 and "would overwrite the input" in err
+
+
+def test_an_interrupted_export_leaves_nothing(data, tmp_path, monkeypatch):
+    import ulmfit.export as export
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "_finish", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_dataset([SourceSpec(data["more"])], data["cfg"], tmp_path / "ds")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_fingerprint_is_the_manifests(data):
@@ -197,3 +229,14 @@ def test_finetune_lm_and_fit_dry_runs_on_a_folder_need_no_spacy(data, tmp_path):
     r = _cli_without_spacy(tmp_path, "fit", "--train", folder, "--test", folder, "--pretrained", pre, "--out", tmp_path / "run", "--dry-run", "--baseline", *cache)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "accuracy" in r.stdout
+    r = _cli_without_spacy(tmp_path, "lm-eval", pre, folder, "--limit-docs", 9, "--json", "--device", "cpu")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["docs"] == 9
+
+
+def test_lm_eval_on_a_folder_equals_the_file(data, capsys, tmp_path):
+    pre, opts = data["dir"] / "pre_fwd", ["--json", "--device", "cpu", "--cache-dir", tmp_path]
+    for limit in (["--limit-docs", 9], []):
+        got = [run(capsys, "lm-eval", pre, path, *limit, *opts) for path in (data["train"], data["dir"] / "train_ds")]  # fmt: skip
+        assert got[0][0] == got[1][0] == 0
+        assert _timeless(json.loads(got[0][1])) == _timeless(json.loads(got[1][1]))

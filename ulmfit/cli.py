@@ -73,6 +73,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"exported in {result['seconds']:.2f} s: {result['docs']:,} documents, "
         f"{result['tokens']:,} tokens, {result['bytes'] / 2**20:,.1f} MiB in {result['out']}"
     )
+    for info in result["inputs"]:
+        print(f"  {info['report']}")
     return 0
 
 

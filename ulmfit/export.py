@@ -128,6 +128,19 @@ def _first_appearance(local: np.ndarray, strings: list[str]) -> tuple[np.ndarray
     return table[local], [strings[i] for i in order]
 
 
+def _write_token_files(folder: Path, local: np.ndarray, offsets: np.ndarray, strings: list) -> None:
+    """The tokenize stage's files for documents ``local[offsets[i]:offsets[i+1]]`` (ids into
+    ``strings``), rows 0, 1, ... of one input."""
+    n = len(offsets) - 1
+    local.astype(np.int32).tofile(folder / "ids.i32")
+    np.save(folder / "offsets.npy", np.asarray(offsets, dtype=np.int64))
+    np.save(folder / "rows.npy", np.arange(n, dtype=np.int64))
+    np.save(folder / "sources.npy", np.zeros(n, dtype=np.int32))
+    np.save(folder / "counts.npy", np.bincount(local, minlength=len(strings)).astype(np.int64))
+    text = json.dumps(strings, ensure_ascii=False)
+    (folder / "strings.json").write_text(text, encoding="utf-8")
+
+
 def head_dataset(spec: SourceSpec, n: int, folder: Path) -> SourceSpec:
     """The first ``n`` documents of a dataset folder as a dataset folder of their own, text
     only (for ``--dry-run``: what ``head_specs`` makes of a text file, without tokenizing)."""
@@ -135,31 +148,21 @@ def head_dataset(spec: SourceSpec, n: int, folder: Path) -> SourceSpec:
     n = min(n, len(offsets) - 1)
     local, kept = _first_appearance(np.asarray(ids[: offsets[n]], dtype=np.int64), strings)
     folder.mkdir(parents=True)
-    local.astype(np.int32).tofile(folder / "ids.i32")
-    np.save(folder / "offsets.npy", np.asarray(offsets[: n + 1], dtype=np.int64))
-    np.save(folder / "rows.npy", np.arange(n, dtype=np.int64))
-    np.save(folder / "sources.npy", np.zeros(n, dtype=np.int32))
-    np.save(folder / "counts.npy", np.bincount(local, minlength=len(kept)).astype(np.int64))
-    (folder / "strings.json").write_text(json.dumps(kept, ensure_ascii=False), encoding="utf-8")
-    texts = [t for batch in folder_format.iter_docs(spec.path, n) for t in batch[0]][:n]
+    _write_token_files(folder, local, offsets[: n + 1], kept)
+    texts = next(folder_format.iter_docs(spec.path, n))[0]
     lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts)
     (folder / folder_format.TEXTS).write_text(lines, encoding="utf-8")
-    source = folder_format.manifest(spec.path)
-    inputs = [{"path": str(folder), "rows_read": n, "skipped_empty": 0, "report": f"read {n} rows"}]
-    meta = {
-        "docs": n,
-        "tokens": int(offsets[n]),
-        "label_kind": "none",
-        "classes": [],
-        "inputs": inputs,
+    report = f"read {n} rows from {folder}; none skipped"
+    inputs = [{"path": str(folder), "rows_read": n, "skipped_empty": 0, "report": report}]
+    meta = {"docs": n, "tokens": int(offsets[n]), "label_kind": "none", "classes": []}
+    manifest = {
+        "format": folder_format.FORMAT,
+        "version": folder_format.VERSION,
+        "columns": {"text_cols": ["text"], "label_cols": None, "label_delim": None},
+        "tokenizer": folder_format.manifest(spec.path)["tokenizer"],
+        "meta": {**meta, "inputs": inputs},
     }
-    columns = {
-        "text_cols": ["text"],
-        "label_cols": None,
-        "label_delim": None,
-        "class_folders": False,
-    }
-    _finish(folder, {"format": folder_format.FORMAT, "version": folder_format.VERSION, "columns": columns, "tokenizer": source["tokenizer"], "meta": meta})  # fmt: skip
+    _finish(folder, manifest)
     return SourceSpec(path=folder)
 
 

@@ -64,6 +64,8 @@ def manifest(folder: Path | str) -> dict:
     try:
         data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         files = data["files"]
+        if not {"columns", "meta", "tokenizer"} <= set(data) or not isinstance(files, dict):
+            raise KeyError("files")
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{folder}: not a readable dataset folder ({MANIFEST})") from None
     if data.get("version") != VERSION:
@@ -132,7 +134,7 @@ def iter_docs(
     folder = Path(folder)
     data = manifest(folder)
     several = len(data["columns"].get("label_cols") or []) > 1
-    rows = np.load(folder / "rows.npy").tolist()
+    rows = np.load(folder / "rows.npy", mmap_mode="r")  # tens of millions in a corpus
     labelled = RAW_LABELS in data["files"]
     with open(folder / TEXTS, encoding="utf-8") as texts, _open_or_none(folder / RAW_LABELS, labelled) as labels:  # fmt: skip
         start = 0
@@ -145,7 +147,7 @@ def iter_docs(
                 if labels
                 else None
             )
-            yield chunk, raw, rows[start : start + len(chunk)]
+            yield chunk, raw, rows[start : start + len(chunk)].tolist()
             start += len(chunk)
 
 

@@ -120,6 +120,11 @@ def read_token_corpus(
     if limit_docs is not None:
         if limit_docs < 1:
             raise UserError(f"--limit-docs must be 1 or more, got {limit_docs}")
+        from ulmfit.export import texts_tokens
+        from ulmfit.prepare import is_dataset
+
+        if len(specs) == 1 and is_dataset(specs[0]):  # its tokens: no spaCy needed
+            return TokenCorpus(*texts_tokens(specs[0], head_texts(specs, limit_docs)))
         return tokenize_texts(head_texts(specs, limit_docs))
     from ulmfit.prepare import PrepareConfig, tokenize_stage
 
