@@ -4,10 +4,12 @@ not shadow the standard library's tokenize), which is how they find this module.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -82,3 +84,68 @@ def torch_environment(device: str) -> dict:
     else:
         env["cpu"] = cpu_description()
     return env
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json(path: Path, obj: object) -> None:
+    """``obj`` as JSON, replacing ``path`` in one rename (a run cut short leaves the last)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def export(files: list[Path], out: Path, labels: bool, raw: bool = False) -> dict:
+    """``ulmfit prepare FILES --export OUT``: a dataset folder that ``pretrain``,
+    ``finetune-lm``, ``fit`` and ``evaluate`` read without spaCy (what a GPU machine needs).
+    ``raw``: copy the files instead (a CPU rehearsal on a checkout without ``--export``; the
+    commands then tokenize them, with spaCy). Returns prepare's JSON summary."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = [str(f) for f in files] + ["--text-col", "text"]
+    args += ["--label-col", "label"] if labels else []
+    report, _, _ = run_ulmfit(["prepare", *args] + ([] if raw else ["--export", str(out)]))
+    if raw:
+        out.mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, out / f.name)
+    return report
+
+
+def dataset(folder: Path) -> str:
+    """What to hand a command for the dataset ``export`` wrote into ``folder``: the folder,
+    or the one file a ``raw`` export copied there."""
+    if (folder / "manifest.json").is_file():
+        return str(folder)
+    (file,) = sorted(folder.iterdir())
+    return str(file)
+
+
+def cli_json(args: list[str]) -> tuple[dict, float, float | None]:
+    """``ulmfit ARGS --json`` in this process (the GPU machine has the source tree but no
+    ``ulmfit`` script): its JSON report, the seconds, and the peak GPU memory in MiB
+    (``torch.cuda.max_memory_allocated``; None off CUDA)."""
+    import contextlib
+    import io
+
+    import torch
+
+    from ulmfit.cli import main
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        rc = main([*args, "--json"])
+    secs = time.perf_counter() - t0
+    if rc != 0:
+        raise RuntimeError(f"ulmfit {shlex.join(args)}: exit {rc}")
+    peak = round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None
+    return json.loads(out.getvalue().strip().splitlines()[-1]), secs, peak

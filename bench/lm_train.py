@@ -22,12 +22,9 @@ step, then our Learner's step on the same batch): on a shared machine whose spee
     bash bench/setup_fastai_env.sh            # once
     .venv/bin/python bench/lm_train.py        # CPU; appends a section to bench/RESULTS.md
     .venv/bin/python bench/lm_train.py --batches 3 --no-write   # smoke run
-    python3 bench/lm_train.py --device cuda --bs 64 128 256 --ids IDS.json   # on a GPU machine
 
-On a GPU machine without ../shared, pass `--ids` (a JSON list or a uint16 .npy array of token
-ids made here with `--save-ids FILE`), and `--fastai-python python3` with fastai importable
-there. bench/gpu_speed.py runs these contenders (and more: fp16 variants, the classifier) on a
-GPU in one call, from a bundle made here.
+On a GPU machine (no ../shared), bench/gpu_speed.py runs these contenders (and more: fp16
+variants, the classifier) in one call, from a bundle made here.
 """
 
 from __future__ import annotations
@@ -128,7 +125,9 @@ class Unsupported(RuntimeError):
     """This contender cannot run with the installed library (e.g. no ``TrainConfig.compile``)."""
 
 
-def run_ours(ids, bs, bptt, warm, timed, amp: str = "auto", compile: bool = False) -> float:
+def run_ours(
+    ids, bs, bptt, warm, timed, amp: str = "auto", compile: bool = False, vocab: int = 30008
+) -> float:
     """The real thing: our Learner (LMTask: cross-entropy + AR/TAR, clipping 0.1, AdamW with
     one-cycle) on our LanguageModel, timed from the first timed batch to the epoch's end.
     ``amp`` is TrainConfig's (auto: bf16 autocast on a bf16 GPU, off on the CPU); ``compile``
@@ -148,7 +147,7 @@ def run_ours(ids, bs, bptt, warm, timed, amp: str = "auto", compile: bool = Fals
             raise Unsupported("this ulmfit's TrainConfig has no compile field")
         extra["compile"] = True
     torch.manual_seed(0)
-    model = LanguageModel(30008, AWDLSTMConfig())
+    model = LanguageModel(vocab, AWDLSTMConfig())
     train = _TimedLoader(list(_batches(ids, bs, bptt, warm + timed)), warm)
     valid = _TimedLoader(list(_batches(ids, bs, bptt, 1)), 0)
     cfg = TrainConfig(progress=False, verbose=False, plot=False, device=DEVICE, amp=amp, **extra)
@@ -328,16 +327,6 @@ def run_fastai(ids, bs, bptt, warm, timed) -> float:
 RUNNERS = {"ours": run_ours, "plain": run_plain, "fastai": run_fastai, "paired": run_paired}
 
 
-def _load_ids(path: Path):
-    """Token ids from a JSON list, or from a ``.npy`` array (as int64: uint16 would not index
-    an embedding)."""
-    if path.suffix == ".npy":
-        import numpy as np
-
-        return np.load(path).astype(np.int64)
-    return json.loads(path.read_text())
-
-
 def _child(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("name")
@@ -355,7 +344,7 @@ def _child(argv: list[str]) -> None:
     DEVICE = a.device
     if DEVICE == "cpu":
         torch.set_num_threads(a.threads)
-    ids = _load_ids(Path(a.ids))
+    ids = json.loads(Path(a.ids).read_text())
     res = RUNNERS[a.name](ids, a.bs, a.bptt, a.warm, a.timed)
     res = res if isinstance(res, dict) else {"tokens_per_s": res}
     print(json.dumps({**res, "torch": torch.__version__}))
@@ -397,30 +386,14 @@ def main() -> None:
         help="skip the paired run (ours and plain step for step in one process; CPU only)",
     )
     p.add_argument("--device", default="cpu", help="cpu, or cuda (mixed precision)")
-    p.add_argument(
-        "--ids",
-        type=Path,
-        help="token ids as a JSON list or a .npy array (default: made from ../shared)",
-    )
-    p.add_argument(
-        "--save-ids", type=Path, help="write the token ids to this file (.json or .npy) and stop"
-    )
     p.add_argument("--fastai-python", default=str(FASTAI_PY), help="python with fastai 2.8")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
     a = p.parse_args()
     names = a.contenders.split(",")
     need = max(a.bs) * (a.bptt * (a.warm + a.batches) + 2) + 8
-    if a.save_ids:
-        if a.save_ids.suffix == ".npy":
-            import numpy as np
-
-            np.save(a.save_ids, np.asarray(_ids(need), dtype=np.uint16))
-        else:
-            a.save_ids.write_text(json.dumps(_ids(need)))
-        return
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"ulmfit-lm-bench-{os.getpid()}.json"
-    ids = [int(i) for i in _load_ids(a.ids)] if a.ids else _ids(need)
+    ids = _ids(need)
     tmp.write_text(json.dumps(ids))
     runs: dict[tuple[int, str], list[float]] = {}
     paired: dict[int, list[dict]] = {}

@@ -1,6 +1,7 @@
-"""bench/gpu_speed.py without a GPU, fastai or ../shared: our classifier contenders (training
-and prediction) run in this process on a tiny synthetic bundle and a tiny model, through the
-run's planning, budget and report code (the subprocess launcher is replaced)."""
+"""bench/gpu_speed.py without a GPU, fastai or ../shared: our contenders (``ulmfit pretrain``,
+``fit`` and ``evaluate`` on exported dataset folders) run in this process on a tiny synthetic
+bundle, through the run's planning, budget and report code (the subprocess launcher is
+replaced); a budget too small for anything skips every job and says so."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_csv
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-TINY = {"arch": {"emb_sz": 8, "n_hid": 16}, "vocab_size": 60}
 
 
 @pytest.fixture(scope="module")
@@ -26,34 +27,38 @@ def gs():
     sys.modules.pop(spec.name, None)
 
 
-def _docs(rng, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    lens = rng.integers(3, 200, n)  # some longer than max_len 144: the no-grad chunks run
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    ids = rng.integers(2, TINY["vocab_size"], int(offsets[-1])).astype(np.uint16)
-    return ids, offsets, rng.integers(0, 2, n).astype(np.int8)
+def _rows(n: int) -> list[dict]:
+    words = ["good", "fine", "great", "bad", "poor", "awful", "film", "plot", "actor"]
+    rng = np.random.default_rng(n)
+    return [
+        {"label": ["negative", "positive"][i % 2], "text": " ".join(rng.choice(words, 12))}
+        for i in range(n)
+    ]
 
 
-@pytest.fixture
-def bundle(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    tr, te = _docs(rng, 10), _docs(rng, 6)
-    np.savez(
-        tmp_path / "clas.npz",
-        train_ids=tr[0], train_offsets=tr[1], train_labels=tr[2],
-        test_ids=te[0], test_offsets=te[1], test_labels=te[2],
-    )  # fmt: skip
-    np.save(tmp_path / "lm_ids.npy", rng.integers(0, 60, 5000).astype(np.uint16))
-    manifest = {"created": "test", "lm": {"tokens": 5000}, "clas": {}, "bytes": 0}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    return tmp_path
+@pytest.fixture(scope="module")
+def bundle(gs, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("speed")
+    out = tmp / "bundle"
+    wiki = tmp / "wiki.txt"
+    wiki.write_text("\n".join(r["text"] for r in _rows(200)) + "\n")
+    exports = {"wiki": gs.export([wiki], out / "wiki", False)}
+    for split, n in (("train", 30), ("test", 12)):
+        f = Path(write_csv(tmp / f"{split}.csv", _rows(n)))
+        exports[f"clas_{split}"] = gs.export([f], out / f"clas_{split}", True)
+    np.save(out / "lm_ids.npy", np.arange(5000, dtype=np.uint16) % 60)
+    clas = {"train": {"docs": 30}, "test": {"docs": 12}}
+    manifest = {"created": "test", "lm": {"tokens": 5000}, "exports": exports, "clas": clas}
+    (out / "manifest.json").write_text(json.dumps({**manifest, "bytes": 0}))
+    offsets = np.arange(31, dtype=np.int64) * 5
+    np.savez(out / "clas.npz", train_offsets=offsets)
+    return out
 
 
 def _args(gs, bundle: Path, out: Path, *extra: str):
     a = gs._parser().parse_args(
         ["run", "--bundle", str(bundle), "--out", str(out), "--device", "cpu", "--quick",
-         "--only", "clas,pred", "--contenders", "ours,ours_fp32", "--clas-docs", "10",
-         "--clas-valid-docs", "3", "--pred-docs", "6", "--clas-bs", "4", "--pred-bs", "4",
+         "--only", "clas,pred", "--contenders", "ours", "--clas-bs", "4", "--pred-bs", "4",
          *extra]
     )  # fmt: skip
     return gs.resolve(a)
@@ -62,42 +67,34 @@ def _args(gs, bundle: Path, out: Path, *extra: str):
 def _in_process(gs, calls: list):
     def run_job(a, job, timeout, log_dir, attempt):
         calls.append(job.key)
-        spec = {**job.spec, **TINY}
-        data = gs._clas_data(Path(spec["bundle"]), spec)
-        if job.name == "ours_fp32":
-            return {"status": "failed", "reason": "boom", "wall_s": 0.1}
-        res = gs.CLASSIFIER_CONTENDERS[(job.kind, job.name)](spec, data)
+        res = gs.CONTENDERS[(job.kind, job.name)](job.spec, {})
         return {"status": "ok", "wall_s": 0.1, **res}
 
     return run_job
 
 
-def test_ours_classifier_training_and_prediction_report(gs, bundle, tmp_path, monkeypatch):
+def test_ours_is_the_library_commands(gs, bundle, tmp_path, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(gs, "_run_job", _in_process(gs, calls))
-    monkeypatch.setattr(gs, "_parent_env", lambda device: ({"python": "3", "torch": "t"}, "n/a"))
     monkeypatch.setattr(gs, "DEVICE", "cpu")
     out = tmp_path / "out"
     gs.run(_args(gs, bundle, out))
-    assert calls == ["clas_train/bs4/ours", "predict/bs4/ours", "predict/bs4/ours_fp32"]
+    assert calls == ["pretrain/bs64/ours", "clas_train/bs4/ours", "predict/bs4/ours"]
     res = json.loads((out / "results.json").read_text())
     assert res["finished"]
-    jobs = {j["key"]: j for j in res["jobs"]}
-    train = jobs["clas_train/bs4/ours"]["runs"][0]
-    # the CPU reads no batch ahead: the timed (second) epoch holds every training document
-    assert train["status"] == "ok" and train["timed_docs"] == 10 and train["value"] > 0
-    pred = jobs["predict/bs4/ours"]["runs"][0]
-    assert pred["status"] == "ok" and pred["timed_docs"] == 6 and pred["value"] > 0
+    runs = {j["key"]: j["runs"][0] for j in res["jobs"]}
+    assert runs["pretrain/bs64/ours"]["value"] > 0
+    train = runs["clas_train/bs4/ours"]
+    assert train["status"] == "ok" and train["timed_docs"] == 27 * (3 + 1)  # 90%, 1+1+1+1
+    pred = runs["predict/bs4/ours"]
+    assert pred["timed_docs"] == 12 and 0 <= pred["accuracy"] <= 1
     md = (out / "results.md").read_text()
-    assert "Dry run, not a benchmark" in md
-    assert "### Classifier training" in md and "### Classifier prediction" in md
-    assert "predict/bs4/ours_fp32 run 1: failed: boom" in md
+    assert "Dry run, not a benchmark" in md and "### Classifier prediction" in md
 
 
 def test_budget_skips_what_does_not_fit(gs, bundle, tmp_path, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(gs, "_run_job", _in_process(gs, calls))
-    monkeypatch.setattr(gs, "_parent_env", lambda device: ({"python": "3", "torch": "t"}, "n/a"))
     out = tmp_path / "out"
     gs.run(_args(gs, bundle, out, "--budget-s", "5"))
     assert calls == []
