@@ -124,3 +124,56 @@ def test_no_module_over_700_lines():
         if (n := len(f.read_text(encoding="utf-8").splitlines())) > 700
     }
     assert not long, long
+
+
+# README's layout, top to bottom: a module may import from its own layer or the ones above
+LAYERS = (
+    ("ulmfit.version", "ulmfit.errors"),
+    ("ulmfit.devices", "ulmfit.options"),
+    ("ulmfit.processes",),
+    ("ulmfit.text.rules",),
+    ("ulmfit.config",),
+    ("ulmfit.atomic",),
+    ("ulmfit.cache",),
+    ("ulmfit.data",),
+    ("ulmfit.text",),
+    ("ulmfit.prepare",),
+    ("ulmfit.export",),
+    ("ulmfit.corpus",),
+    ("ulmfit.loaders",),
+    ("ulmfit.models",),
+    ("ulmfit.lm_eval",),
+    ("ulmfit.metrics",),
+    ("ulmfit.report",),
+    ("ulmfit.train",),
+    ("ulmfit.baselines",),
+    ("ulmfit.explain",),
+    ("ulmfit.predict",),
+    ("ulmfit.tasks",),
+    ("ulmfit.http_timeouts", "ulmfit.serve"),
+    ("ulmfit.cli",),
+)
+
+
+def _layer(module: str) -> int:
+    """The layer of the longest prefix naming ``module`` (``ulmfit.text.rules`` before
+    ``ulmfit.text``)."""
+    hits = [
+        (len(name), k)
+        for k, names in enumerate(LAYERS)
+        for name in names
+        if module == name or module.startswith(name + ".")
+    ]
+    assert hits, f"{module} is in no layer of LAYERS (and of README's layout)"
+    return max(hits)[1]
+
+
+def test_every_module_imports_only_from_its_layer_or_above():
+    upward = [
+        f"{m} -> {d}"
+        for m, deps in sorted(_graph().items())
+        if m != "ulmfit"
+        for d in sorted(deps)
+        if _layer(d) > _layer(m)
+    ]
+    assert not upward, upward
