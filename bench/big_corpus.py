@@ -23,18 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-ULMFIT = Path(sys.executable).with_name("ulmfit")
+sys.path.append(str(Path(__file__).resolve().parent))
+from benchlib import REPO, ULMFIT, measure  # noqa: E402
 
 # A few steps of pretraining on the whole (memory-mapped) corpus: the same setup code as
 # ``ulmfit pretrain`` (vocabulary, training stream, loader, learner), cut to ``steps`` batches.
@@ -73,17 +70,6 @@ def write_corpus(path: Path, n_bytes: int, seed: int = 0, vocab: int = 50_000) -
             written += len(block)
             docs += n
     return docs
-
-
-def _anon_tree(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            m = p.memory_info()
-            total += max(m.rss - m.shared, 0)
-        except psutil.Error:
-            pass
-    return total
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
@@ -128,39 +114,21 @@ def peak_memory(
     limit_gb: float | None = None,
     cgroup: MemoryCgroup | None = None,
 ) -> dict:
-    """Run ``cmd``; returns rc, seconds, peak anonymous RSS (bytes, process tree), stdout."""
+    """Run ``cmd``; returns rc, seconds, peak anonymous RSS (MiB, process tree), stdout."""
     if limit_gb:
         kb = int(limit_gb * 2**20)
         cmd = ["bash", "-c", f'ulimit -v {kb} && exec "$@"', "bash", *cmd]
     if cgroup is not None:
         cgroup.reset()
         cmd = cgroup.wrap(cmd)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    ps = psutil.Process(proc.pid)
-    peak = [0]
-
-    def watch() -> None:
-        while proc.poll() is None:
-            try:
-                peak[0] = max(peak[0], _anon_tree(ps))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    out, err = proc.communicate()
-    t.join()
+    r = measure(cmd, cwd=REPO, env=env)
     return {
-        "rc": proc.returncode,
-        "seconds": round(time.perf_counter() - t0, 2),
-        "peak_anon_mb": round(peak[0] / 2**20, 1),
+        "rc": r["rc"],
+        "seconds": round(r["wall"], 2),
+        "peak_anon_mb": round(r["peak_anon_mib"], 1),
         **(cgroup.usage() if cgroup is not None else {}),
-        "stdout": out,
-        "stderr": err[-2000:],
+        "stdout": r["stdout"],
+        "stderr": r["stderr"][-2000:],
     }
 
 

@@ -48,24 +48,18 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
 import shlex  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
-from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchlib import cpu_description, git_commit  # noqa: E402
+from benchlib import TreeMemory, append_results, cpu_description, serve, versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SENTENCES = DATA / "trec6" / "test.csv"
 REVIEWS = DATA / "imdb_sample" / "texts.csv"
-ULMFIT = str(Path(sys.executable).parent / "ulmfit")
 CALL = 64  # texts per Predictor.predict call in the throughput test (one batch of bs 64)
 
 
@@ -75,74 +69,6 @@ def _texts(path: Path, col: str = "text") -> list[str]:
     if not texts:
         raise SystemExit(f"{path}: no texts in column {col!r}")
     return texts
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Memory:
-    """Resident memory of a process, sampled in a thread: start (after warm-up), now, peak."""
-
-    def __init__(self, pid: int, every: float = 0.2) -> None:
-        import psutil
-
-        self.proc, self.every = psutil.Process(pid), every
-        self.t0 = time.perf_counter()
-        self.samples = [(0.0, self.now())]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def now(self) -> int:
-        return self.proc.memory_info().rss
-
-    @property
-    def peak(self) -> int:
-        return max(rss for _, rss in self.samples)
-
-    def at(self, fraction: float) -> int:
-        """The sample nearest to ``fraction`` of the time sampled so far."""
-        t = fraction * self.samples[-1][0]
-        return min(self.samples, key=lambda s: abs(s[0] - t))[1]
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self.samples.append((time.perf_counter() - self.t0, self.now()))
-            except Exception:  # noqa: BLE001 - the server exited
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-
-
-def start_server(model: str, port: int, device: str, max_texts: int, threads: int | None) -> tuple:
-    """``(process, command)`` of `ulmfit serve` once /health answers."""
-    import httpx
-
-    cmd = [ULMFIT, "serve", model, "--port", str(port), "--log-level", "warning"]
-    cmd += ["--device", device, "--max-texts", str(max(64, max_texts))]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(
-                f"the server exited ({proc.returncode}):\n{proc.stderr.read()[-3000:]}"
-            )
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc, cmd
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    proc.kill()
-    raise SystemExit("the server did not answer /health within 180 s")
 
 
 async def _load(
@@ -176,19 +102,14 @@ async def _load(
     async with httpx.AsyncClient(limits=limits, timeout=300) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
     wall = time.perf_counter() - t0
-    latencies.sort()
-
-    def pct(q: float) -> float:
-        return 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))]
-
     return {
         "requests": len(latencies),
         "asked": requests,
         "wall_s": wall,
         "req_per_s": len(latencies) / wall,
         "texts_per_s": len(latencies) * per / wall,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
+        "p50_ms": 1000 * _pct(latencies, 0.50),
+        "p99_ms": 1000 * _pct(latencies, 0.99),
         "errors": len(errors),
         "first_errors": errors[:3],
     }
@@ -284,7 +205,7 @@ def _soak_request(rng: random.Random, lengths: dict) -> tuple[str, dict]:
     return "/predict", {"texts": [_long_text(reviews, rng.randint(2_000, 20_000), rng.random())]}
 
 
-async def _soak(base: str, lengths: dict, a: argparse.Namespace, mem: Memory) -> dict:
+async def _soak(base: str, lengths: dict, a: argparse.Namespace, mem: TreeMemory) -> dict:
     import httpx
 
     counts = {"done": 0, "errors": 0}
@@ -309,13 +230,13 @@ async def _soak(base: str, lengths: dict, a: argparse.Namespace, mem: Memory) ->
 
     async def marker() -> None:
         while True:
-            marks.append((time.perf_counter() - t0, counts["done"], mem.now()))
+            marks.append((time.perf_counter() - t0, counts["done"], mem.now()[0]))
             await asyncio.sleep(a.soak_every)
 
     mark = asyncio.ensure_future(marker())
     await asyncio.gather(*(client(c) for c in range(a.soak_clients)))
     mark.cancel()
-    marks.append((time.perf_counter() - t0, counts["done"], mem.now()))
+    marks.append((time.perf_counter() - t0, counts["done"], mem.now()[0]))
     return {**counts, "marks": marks, "first_errors": errors[:3], "peak": mem.peak}
 
 
@@ -366,16 +287,6 @@ def predict_throughput(model: str, texts: list[str], docs: int, device: str, max
         done += n
     wall = time.perf_counter() - t0
     return {"docs": done, "seconds": wall, "docs_per_s": done / wall}
-
-
-def _versions() -> str:
-    import torch
-
-    return (
-        f"python {platform.python_version()}; torch {torch.__version__}; fastapi "
-        f"{version('fastapi')}; uvicorn {version('uvicorn')}; httpx {version('httpx')} (client); "
-        f"ulmfit commit {git_commit()}"
-    )
 
 
 def _mb(n: int) -> str:
@@ -448,13 +359,13 @@ def load_phases(url: str, pid: int, lengths: dict, a: argparse.Namespace) -> lis
     for name, texts in lengths.items():
         # warm-up: every batch shape the phase will see, then the memory baseline
         asyncio.run(_load(url, texts, a.clients, a.clients, a.texts_per_request, 0))
-        mem = Memory(pid)
-        before = mem.now()
+        mem = TreeMemory(pid, interval=0.2)
+        before = mem.samples[0][1]
         res = asyncio.run(
             _load(url, texts, a.requests, a.clients, a.texts_per_request, a.max_seconds)
         )
         mem.stop()
-        mem.samples.append((time.perf_counter() - mem.t0, mem.now()))
+        mem.sample()
         res.update(rss_start=before, rss_half=mem.at(0.5), rss_end=mem.samples[-1][1])
         res["rss_peak"] = mem.peak
         res["chars"] = sum(map(len, texts)) / len(texts)
@@ -502,26 +413,21 @@ def main() -> None:
     start = datetime.now(timezone.utc)
     model_desc = _model_desc(a.model)
 
-    port = _free_port()
-    proc, server_cmd = start_server(a.model, port, a.device, a.texts_per_request, a.server_threads)
-    base = f"http://127.0.0.1:{port}"
+    options = ["--log-level", "warning", "--device", a.device]
+    options += ["--max-texts", str(max(64, a.texts_per_request))]
+    options += ["--threads", str(a.server_threads)] if a.server_threads else []
     rows, fair, soak = [], [], None
-    try:
+    with serve(a.model, *options) as (proc, port, server_cmd):
+        base = f"http://127.0.0.1:{port}"
         if "load" in a.phases:
             rows = load_phases(base + "/predict", proc.pid, lengths, a)
         if "fairness" in a.phases:
             fair = fairness(base, lengths, a)
         if "soak" in a.phases:
-            mem = Memory(proc.pid)
+            mem = TreeMemory(proc.pid, interval=0.2)
             soak = asyncio.run(_soak(base, lengths, a, mem))
             mem.stop()
             print(f"soak: {json.dumps(soak)}", file=sys.stderr, flush=True)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     pred = {}
     for name, texts in lengths.items() if "predict" in a.phases else ():
         pred[name] = predict_throughput(a.model, texts, a.predict_docs, a.device, a.predict_seconds)
@@ -532,7 +438,7 @@ def main() -> None:
     lines = [
         f"## Serving under load ({start:%Y-%m-%d %H:%M} UTC)",
         "",
-        f"Machine: {cpu_description()}; {_versions()}.",
+        f"Machine: {cpu_description()}; {versions('fastapi', 'uvicorn', 'httpx')}.",
         f"Model: {model_desc}.",
         f"Command: `.venv/bin/python bench/serve_load.py {argv}`; server: `{server}` on "
         f"loopback; phases {', '.join(a.phases)}. Load: {a.clients} concurrent keep-alive "
@@ -550,8 +456,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not a.no_write:
-        with open(REPO / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+        append_results(text)
 
 
 if __name__ == "__main__":
