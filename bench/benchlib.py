@@ -293,3 +293,14 @@ def serve(model: str, *options: str, cwd: Path | None = None, env: dict | None =
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def bench_module(name: str):
+    """bench/NAME.py as a module (one script reusing another's contenders, not copying them)."""
+    import importlib.util
+
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]

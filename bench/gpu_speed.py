@@ -52,6 +52,7 @@ from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from benchlib import (  # noqa: E402
+    bench_module,
     cli_json,
     cpu_description,
     dataset,
@@ -84,19 +85,6 @@ WHEELS = (
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _lm_train():
-    """bench/lm_train.py as a module (its contenders are reused, not copied)."""
-    import importlib.util
-
-    mod = sys.modules.get("lm_train")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("lm_train", BENCH / "lm_train.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["lm_train"] = mod
-        spec.loader.exec_module(mod)
-    return mod
 
 
 # ============================================================================================
@@ -167,7 +155,7 @@ def bundle(a) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     _say(f"bundle: tokenizing {a.lm_tokens:,} Wikipedia tokens (bench/lm_train.py's _ids)")
-    ids = np.asarray(_lm_train()._ids(a.lm_tokens), dtype=np.uint16)
+    ids = np.asarray(bench_module("lm_train")._ids(a.lm_tokens), dtype=np.uint16)
     np.save(out / "lm_ids.npy", ids)
     exports = {"wiki": export([SHARED / "data" / "wikipedia_en" / "valid.txt"], out / "wiki",
                               False, raw=a.raw)}  # fmt: skip
@@ -405,7 +393,7 @@ CONTENDERS = {
 def _lm_runner(name: str):
     import functools
 
-    lm = _lm_train()
+    lm = bench_module("lm_train")
     lm.DEVICE = DEVICE
     runners = {
         "ours": lm.run_ours,

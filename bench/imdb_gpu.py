@@ -62,6 +62,7 @@ from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from benchlib import (  # noqa: E402
+    bench_module,
     cli_json,
     dataset,
     export,
@@ -225,15 +226,11 @@ def unpack(parts: Path, target: Path) -> Path:
 def _lm_epochs(args, bundle: dict, res: dict) -> int:
     """Unfrozen LM epochs that leave ``--clf-reserve-s`` of the budget: one epoch's time from
     a few steps of the library's Learner at fit's LM shapes (after one frozen epoch)."""
-    import importlib.util
-
     import numpy as np
 
     if args.lm_epochs is not None:
         return args.lm_epochs
-    spec = importlib.util.spec_from_file_location("lm_train", Path(_HERE) / "lm_train.py")
-    lm_train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lm_train)
+    lm_train = bench_module("lm_train")
     lm_train.DEVICE = args.device
     prep = bundle["prepare"]
     vocab = min(60008, max(r.get("vocab_size", 60008) for r in prep.values()))
