@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent))
@@ -55,11 +55,8 @@ class Case:
     expect: str = "error"
     keep: Callable[[Path], list[Path]] = lambda ws: []
     needle: str = ""
-    stdin: str | None = None
     timeout: float = 120
     run: Callable[[Path], Outcome] | None = None
-    setup: Callable[[Path], None] | None = None
-    extra: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,8 +98,6 @@ def judge(case: Case, proc: subprocess.CompletedProcess) -> Outcome:
 
 
 def run_case(case: Case, ws: Path) -> Outcome:
-    if case.setup is not None:
-        case.setup(ws)
     before = digest(case.keep(ws))
     backup = _backup(ws, case.keep(ws))
     if case.run is not None:
@@ -113,7 +108,6 @@ def run_case(case: Case, ws: Path) -> Outcome:
             proc = subprocess.run(
                 [ULMFIT, *argv],
                 cwd=ws,
-                input=case.stdin,
                 capture_output=True,
                 text=True,
                 timeout=case.timeout,

@@ -1,21 +1,10 @@
 """One-shot GPU speed benchmark: ours vs fastai 2.8, language model and classifier, one run.
 
-Each contender runs in its own subprocess (its own timeout: a failure or out-of-memory loses
-only that measurement), ``torch.cuda.synchronize()`` around every timed region, with the peak
-GPU memory of each subprocess. Ours is the library's own code; fastai's is the one other
-implementation here:
-
-- LM training tokens/s at bs 64/128/256, bptt 80, mixed precision: bench/lm_train.py's
-  contenders (ours: ``Learner`` + ``LMTask``, amp="auto"; fastai ``to_fp16()``; plain
-  ``nn.LSTM`` x 3 under bf16 autocast; fp16 and ``compile=True`` extras when time allows);
-- ``ulmfit pretrain`` on the exported Wikipedia text, one epoch: tokens/s of the command (its
-  model is what the classifier jobs start from);
-- classifier training docs/s: ``ulmfit fit --lm-epochs 1`` on exported IMDb reviews, its
-  classifier stage (1+1+1+``--clas-epochs`` epochs of gradual unfreezing, validation
-  included), beside ``text_classifier_learner(...).to_fp16()`` with fastai's IMDb schedule on
-  the same reviews, timed the same way;
-- classifier prediction docs/s: ``ulmfit evaluate RUN TEST`` (the second of two calls,
-  loading included) beside fastai's ``get_preds``.
+What each job measures (LM training tokens/s with bench/lm_train.py's contenders and their
+fp16 / compile extras, ``ulmfit pretrain``, ``ulmfit fit``'s classifier stage and ``ulmfit
+evaluate`` beside fastai's) and the procedure are in bench/RESULTS.md, "GPU benchmarks". Each
+contender runs in its own subprocess with its own timeout, ``torch.cuda.synchronize()`` around
+every timed region, with its peak GPU memory; spaCy is unimportable in every subprocess.
 
     .venv/bin/python bench/gpu_speed.py bundle       # here: writes .gpu/speed/ (< 48 MiB)
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/speed/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
@@ -25,7 +14,7 @@ implementation here:
 
 The run keeps to ``--budget-s`` (450 s): a job that would not fit is skipped and listed;
 ``--repeat`` rounds (3; medians) run while time remains; results.json, results.md and logs/
-are rewritten after every job. spaCy is unimportable in every subprocess, as on the GPU.
+are rewritten after every job.
 """
 
 from __future__ import annotations

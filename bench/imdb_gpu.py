@@ -1,32 +1,14 @@
 """The IMDb headline on one GPU: ``ulmfit fit`` from wiki30k_fwd on all 100,000 IMDb texts.
 
-Issue 5 item 4 (and issue 3 item 5c): the library's own chain, timed -- the language model
-fine-tuned on every IMDb text (25k train + 25k test + 50k unlabelled, as fastai's IMDb
-example; ``fit``'s 10% held out), held-out perplexity before and after, the classifier
-trained on the 25k training reviews with ``fit``'s gradual unfreezing, then ``ulmfit
-evaluate`` on the 25k test reviews -- in one device call of at most 10 minutes. This script
-measures; the recipe is the library's (``ulmfit fit``'s defaults, only ``--lm-epochs`` is
-chosen here to fit the budget).
-
-The GPU machine has PyTorch but no spaCy, no ../shared, no ``ulmfit`` script and no network,
-and each call carries at most 64 MiB, so:
-
-``bundle`` (here, on the CPU): ``ulmfit prepare FILE --export DIR`` for each IMDb file
-(dataset folders the commands read without spaCy), and wiki30k's ``lstm_fwd.pth`` and
-``itos.pkl``, packed into one tar.gz cut into parts of at most 60 MiB
-(``.gpu/imdb/part-NN/``, each with its SHA-256).
-
-``stash PART`` (each device call): checks a carried part and copies it to /tmp/imdb_parts,
-which outlives the call while the machine stays warm.
-
-``run`` (the last call, after its ``stash``): joins and checks the parts, unpacks them, and
-runs in this process (``ulmfit.cli.main``, the source tree on the path) ``ulmfit fit
---train train --unlabelled test --unlabelled unsup --pretrained lstm_fwd.pth`` and ``ulmfit
-evaluate RUN test``, timing each, with the peak GPU memory. The LM epochs are sized from the
-budget (``--budget-s``, from the script's start): the library's Learner times a few LM steps
-at ``fit``'s shapes (bs 64 x bptt 70, ``bench/lm_train.py``'s ``run_ours``), the classifier
-and the evaluation get ``--clf-reserve-s``, the LM the rest (at most ``--lm-max-epochs``).
-Writes ``results.json`` (after every step) and ``results.md`` into ``--out``.
+Issue 5 item 4 (and issue 3 item 5c): the library's own chain, timed (``fit``'s recipe and
+defaults; only ``--lm-epochs`` is chosen here, to fit the budget); bench/RESULTS.md ("IMDb
+headline on one GPU") has the procedure. ``bundle`` (here): ``ulmfit prepare FILE --export
+DIR`` for each IMDb file and wiki30k's weights, packed into parts of at most 60 MiB (one
+device call carries 64 MiB); ``stash PART`` (each device call): checks a part and copies it
+to /tmp/imdb_parts; ``run`` (the last call): joins, checks and unpacks the parts, sizes the
+LM epochs from the budget (a few steps of bench/lm_train.py's ``run_ours``), then runs
+``ulmfit fit`` and ``ulmfit evaluate`` in this process (``ulmfit.cli.main``), timing each,
+with the peak GPU memory, into ``--out``/results.json and results.md.
 
     .venv/bin/python bench/imdb_gpu.py bundle                       # .gpu/imdb/part-NN
     .venv/bin/python bench/imdb_gpu.py bundle --limit 300 --out-dir /tmp/imdb_small

@@ -1,30 +1,18 @@
 """Language-model training throughput: ours vs fastai 2.8 vs plain PyTorch LSTMs (CPU or GPU).
 
 fastai's standard AWD-LSTM language model (vocab 30,008, emb 400, hidden 1152, 3 layers, its
-default dropouts, AR/TAR, gradient clipping 0.1, Adam) trained on real text — the wiki30k
-vocabulary over ../shared/data/wikipedia_en/valid.txt — at bptt 70 and bs 32 and 64 on the CPU
-(torch limited to 2 threads), or with `--device cuda` at bs 64/128/256 in mixed precision (ours:
-the Learner's bf16 autocast; plain: bf16 autocast; fastai: `to_fp16()`). Each contender runs in
-its own subprocess, one after another in the same run, and reports tokens/s over the timed
-batches (after warm-up batches):
+default dropouts, AR/TAR, clipping 0.1, Adam) on the wiki30k ids of Wikipedia text, bptt 70,
+bs 32 and 64 on 2 CPU threads (or `--device cuda`, mixed precision). Each contender is a
+subprocess reporting tokens/s over its timed batches: ours (`Learner` + `LMTask` on our
+`LanguageModel`), fastai (`language_model_learner(..., pretrained=False)`, timed by a
+callback; bench/.venv-fastai), plain (`nn.Embedding` + 3 `nn.LSTM` + tied decoder, no
+dropout: this model's practical limit). On the CPU, ours and plain also run *paired* in one
+process, step for step: the median per-step ratio is steady where the machine's speed drifts.
 
-- ours: `ulmfit.train.Learner` with `LMTask` on `ulmfit.models.awd_lstm.LanguageModel`
-  (forward, cross-entropy + AR/TAR, backward, clip 0.1, AdamW under one-cycle);
-- fastai: `language_model_learner(dls, AWD_LSTM, pretrained=False)` and `learn.fit`, timed with
-  a callback from the first timed batch to the last (run with bench/.venv-fastai);
-- plain: `nn.Embedding` + three `nn.LSTM` + tied `nn.Linear`, no dropout, no AR/TAR: the
-  practical limit of this model on this CPU.
-
-On the CPU each run also times ours and plain *paired* in one process, step for step (a plain
-step, then our Learner's step on the same batch): on a shared machine whose speed drifts by
-20% between subprocesses, the median of those per-step ratios is the steadier ours/plain figure.
-
-    bash bench/setup_fastai_env.sh            # once
     .venv/bin/python bench/lm_train.py        # CPU; appends a section to bench/RESULTS.md
     .venv/bin/python bench/lm_train.py --batches 3 --no-write   # smoke run
 
-On a GPU machine (no ../shared), bench/gpu_speed.py runs these contenders (and more: fp16
-variants, the classifier) in one call, from a bundle made here.
+bench/gpu_speed.py runs these contenders on a GPU machine.
 """
 
 from __future__ import annotations

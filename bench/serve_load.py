@@ -1,37 +1,17 @@
 """`ulmfit serve` under a bounded load on loopback, and the CPU throughput of `predict`.
 
-Starts `ulmfit serve MODEL` in its own process on a free loopback port, then, for each text
-length — sentence-length (TREC-6 test questions, ~36 characters) and review-length (IMDb
-reviews from imdb_sample, ~1,400 characters) — sends ``--requests`` POST /predict requests
-(``--texts-per-request`` texts each) from ``--clients`` concurrent keep-alive clients (asyncio +
-httpx in this process) and reports: requests/s and texts/s over the phase's wall time, client-side
-p50 / p99 latency, errors (any non-200 answer, exception or wrong number of predictions), and the
-server process's resident memory after warm-up, at the end, and at its peak (sampled every
-0.2 s). A phase stops issuing requests after ``--max-seconds`` (the table then says how many
-were sent). Then the server is stopped and `Predictor.predict` runs in this process on
-``--predict-docs`` texts of each length (tokenization included, model and spaCy loaded first):
-documents per second. Appends a section to bench/RESULTS.md (date, machine, versions, exact
-command) unless ``--no-write``.
+Phases (``--phases``, default ``load,predict``): ``load``: for sentence-length (TREC-6 test)
+and review-length (imdb_sample) texts, ``--requests`` POST /predict from ``--clients``
+concurrent keep-alive clients (asyncio + httpx here): requests/s, texts/s, p50 / p99 latency,
+errors, the server's memory (after warm-up, halfway, end, peak); ``predict``: docs/s of
+`Predictor.predict` in this process; ``fairness``: short requests while one large /predict
+(and one large /explain) runs: their latencies; ``soak``: a mixed load for
+``--soak-seconds``, the server's memory every ``--soak-every`` seconds. Appends a section to
+bench/RESULTS.md unless ``--no-write``. The load generator shares the machine with the server.
 
     .venv/bin/python bench/serve_load.py --model RUN            # defaults: < ~5 min on 2 cores
-    .venv/bin/python bench/serve_load.py --model RUN --requests 10000 --max-seconds 0
     .venv/bin/python bench/serve_load.py --model RUN --requests 200 --no-write   # smoke run
-
-Two more phases, chosen with ``--phases`` (default ``load,predict``: the two above):
-
-* ``fairness``: one POST /predict of ``--big-texts`` texts of ``--big-chars`` characters (the
-  default limits: 64 x 20,000), and while it runs, short requests (one sentence each) from
-  ``--short-clients`` clients one after another: their p50 / p99 / max latency, and the large
-  request's time; then the same behind one POST /explain of an ``--explain-chars`` text;
-* ``soak``: a mixed load (sentences, reviews, explains, texts of random lengths up to 20,000
-  characters, words never seen before) from ``--soak-clients`` clients for ``--soak-seconds``
-  (at most ``--soak-requests`` requests), with the server's resident memory every
-  ``--soak-every`` seconds.
-
     .venv/bin/python bench/serve_load.py --model RUN --phases fairness,soak
-
-Every request goes to 127.0.0.1. The load generator shares the machine with the server: on 2
-cores the client's own CPU use is part of what is measured (noted in the section).
 """
 
 from __future__ import annotations

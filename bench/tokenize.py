@@ -1,31 +1,14 @@
 """Tokenization benchmark: ours (`ulmfit prepare`) vs fastai 2.8's `tokenize_texts` vs spaCy's bare
 tokenizer, side by side in one run, on the 100,000 IMDb texts (train + test + unsup).
 
-Setup once (fastai lives only in the benchmark's own environment, never in the package's):
-
-    bash bench/setup_fastai_env.sh
-
-Run with the package's Python (psutil is needed: it is in the package's `test` extras):
-
+    bash bench/setup_fastai_env.sh                          # once: fastai in its own venv
     .venv/bin/python bench/tokenize.py                      # full run, appends to bench/RESULTS.md
     .venv/bin/python bench/tokenize.py --limit 2000 --no-write   # quick trial, nothing written
     .venv/bin/python bench/tokenize.py --repeat 3 --json    # medians of 3 runs, figures as JSON
 
-Every contender runs as a subprocess; a thread samples the summed RSS of its whole process tree
-(main process + workers) every 50 ms for the peak. Wall time is measured around each subprocess;
-each contender also reports its own time for the work itself ("seconds"), which is what the
-throughput figures and ratios use:
-
-- ours: the `seconds` printed by `ulmfit prepare ... --json` (first run with an empty cache dir,
-  then the same command again: the cached re-run);
-- fastai: the time of the `tokenize_texts(texts, n_workers=W)` call only (reading the CSVs with
-  pandas, importing fastai/torch and dumping the tokens are outside it);
-- spaCy: the time of `tokenizer.pipe(texts)` collecting `[t.text for t in doc]` (1 process, and W
-  processes with multiprocessing, pool start-up included).
-
-Token identity: our tokens come from `ulmfit tokenize FILE --text-col text --out F.jsonl
---workers W` (one JSON list per row); the fastai contender dumps its tokens the same way; all
-lists are compared and the number of differing documents is reported.
+Every contender is a subprocess, its process tree's memory sampled every 50 ms
+(benchlib.measure). What "seconds" and "wall s" mean is printed under the table. Token
+identity: `ulmfit tokenize` per file against fastai's dump, document by document.
 """
 # ruff: noqa: E402
 # This file has the name of the standard library's `tokenize` module (which `linecache`,
