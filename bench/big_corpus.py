@@ -9,8 +9,8 @@ The corpus is a ``.txt`` file, one document per line, of words drawn from a Zipf
 is the peak over time of the *anonymous* resident memory (RSS minus file-backed pages) of the
 process and its children (the tokenizer workers), sampled every 50 ms: pages of a memory-mapped
 corpus are file-backed and can be dropped by the kernel at any time, so they are not what runs
-a machine out of memory. With ``--limit-gb`` the commands also run under ``ulimit -v``; with
-``--cgroup-gb`` (root, cgroup v1 memory controller) inside a memory cgroup whose limit counts
+a machine out of memory. With ``--cgroup-gb`` (root, cgroup v1 memory controller) the
+commands run inside a memory cgroup whose limit counts
 every page the commands touch, page cache included, as the kernel enforces it: a corpus several
 times that size then has to stream, or the kernel kills the command (reported as rc 137 and
 the cgroup's fail count).
@@ -111,13 +111,9 @@ class MemoryCgroup:
 def peak_memory(
     cmd: list[str],
     env: dict | None = None,
-    limit_gb: float | None = None,
     cgroup: MemoryCgroup | None = None,
 ) -> dict:
     """Run ``cmd``; returns rc, seconds, peak anonymous RSS (MiB, process tree), stdout."""
-    if limit_gb:
-        kb = int(limit_gb * 2**20)
-        cmd = ["bash", "-c", f'ulimit -v {kb} && exec "$@"', "bash", *cmd]
     if cgroup is not None:
         cgroup.reset()
         cmd = cgroup.wrap(cmd)
@@ -136,7 +132,6 @@ def run(
     n_bytes: int,
     work: Path,
     steps: int = 20,
-    limit_gb: float | None = None,
     cgroup: MemoryCgroup | None = None,
 ) -> dict:
     """Generate, prepare and pretrain a few steps in ``work``; the measurements."""
@@ -149,7 +144,6 @@ def run(
     prep = peak_memory(
         [str(ULMFIT), "prepare", str(corpus), "--cache-dir", str(cache), "--json"],
         env,
-        limit_gb,
         cgroup,
     )
     res = {
@@ -164,7 +158,6 @@ def run(
     pre = peak_memory(
         [sys.executable, "-c", _PRETRAIN_STEPS, str(corpus), str(valid), str(cache), str(steps)],
         env,
-        limit_gb,
         cgroup,
     )
     res["pretrain_steps"] = {k: v for k, v in pre.items() if k not in ("stdout", "stderr")}
@@ -181,7 +174,6 @@ def main() -> None:
     size.add_argument("--gb", type=float, help="corpus size in GB")
     size.add_argument("--mb", type=float, help="corpus size in MB (default 64)")
     ap.add_argument("--steps", type=int, default=20, help="pretraining steps")
-    ap.add_argument("--limit-gb", type=float, help="also run under ulimit -v of this many GB")
     ap.add_argument(
         "--cgroup-gb", type=float, help="run inside a memory cgroup limited to this many GB"
     )
@@ -192,7 +184,7 @@ def main() -> None:
     cgroup = MemoryCgroup(args.cgroup_gb) if args.cgroup_gb else None
     try:
         with tempfile.TemporaryDirectory(dir=args.workdir, prefix="ulmfit-big-") as work:
-            res = run(n_bytes, Path(work), args.steps, args.limit_gb, cgroup)
+            res = run(n_bytes, Path(work), args.steps, cgroup)
     finally:
         if cgroup is not None:
             cgroup.remove()
