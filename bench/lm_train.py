@@ -311,25 +311,16 @@ def run_fastai(ids, bs, bptt, warm, timed) -> float:
 RUNNERS = {"ours": run_ours, "plain": run_plain, "fastai": run_fastai, "paired": run_paired}
 
 
-def _child(argv: list[str]) -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("name")
-    p.add_argument("ids")
-    p.add_argument("--bs", type=int)
-    p.add_argument("--bptt", type=int)
-    p.add_argument("--warm", type=int)
-    p.add_argument("--timed", type=int)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--device", default="cpu")
-    a = p.parse_args(argv)
+def _child(spec: dict) -> None:
+    """One contender's run (``lm_train.py _run SPEC_JSON``): its tokens/s as JSON."""
     import torch
 
     global DEVICE
-    DEVICE = a.device
+    DEVICE = spec["device"]
     if DEVICE == "cpu":
-        torch.set_num_threads(a.threads)
-    ids = json.loads(Path(a.ids).read_text())
-    res = RUNNERS[a.name](ids, a.bs, a.bptt, a.warm, a.timed)
+        torch.set_num_threads(spec["threads"])
+    ids = json.loads(Path(spec["ids"]).read_text())
+    res = RUNNERS[spec["name"]](ids, spec["bs"], spec["bptt"], spec["warm"], spec["timed"])
     res = res if isinstance(res, dict) else {"tokens_per_s": res}
     print(json.dumps({**res, "torch": torch.__version__}))
 
@@ -345,9 +336,9 @@ def _machine(device: str) -> str:
 
 def _run_one(a, name: str, bs: int, ids_file: Path) -> dict:
     py = a.fastai_python if name == "fastai" else sys.executable
-    cmd = [py, __file__, "_run", name, str(ids_file), "--bs", str(bs), "--bptt", str(a.bptt),
-           "--warm", str(a.warm), "--timed", str(a.batches), "--threads", str(a.threads),
-           "--device", a.device]  # fmt: skip
+    spec = {"name": name, "ids": str(ids_file), "bs": bs, "bptt": a.bptt, "warm": a.warm,
+            "timed": a.batches, "threads": a.threads, "device": a.device}  # fmt: skip
+    cmd = [py, __file__, "_run", json.dumps(spec)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(a.threads)}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -452,6 +443,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_run":
-        _child(sys.argv[2:])
+        _child(json.loads(sys.argv[2]))
     else:
         main()

@@ -69,13 +69,7 @@ async def _load(
             issued += 1
             batch = [texts[(k * per + j) % len(texts)] for j in range(per)]
             start = time.perf_counter()
-            try:
-                r = await http.post(url, json={"texts": batch})
-                ok = r.status_code == 200 and len(r.json()["predictions"]) == per
-                if not ok:
-                    errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
-            except Exception as e:  # noqa: BLE001 - counted, reported
-                errors.append(f"{type(e).__name__}: {e}")
+            await _post(http, url, {"texts": batch}, errors, per)
             latencies.append(time.perf_counter() - start)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -93,6 +87,17 @@ async def _load(
         "errors": len(errors),
         "first_errors": errors[:3],
     }
+
+
+async def _post(http, url: str, body: dict, errors: list[str], n: int | None = None) -> None:
+    """POST ``body``: an answer other than 200 (or with other than ``n`` predictions), or an
+    exception, goes into ``errors``."""
+    try:
+        r = await http.post(url, json=body)
+        if r.status_code != 200 or (n is not None and len(r.json()["predictions"]) != n):
+            errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
+    except Exception as e:  # noqa: BLE001 - counted, reported
+        errors.append(f"{type(e).__name__}: {e}")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -188,7 +193,7 @@ def _soak_request(rng: random.Random, lengths: dict) -> tuple[str, dict]:
 async def _soak(base: str, lengths: dict, a: argparse.Namespace, mem: TreeMemory) -> dict:
     import httpx
 
-    counts = {"done": 0, "errors": 0}
+    counts = {"done": 0}
     errors: list[str] = []
     marks: list[tuple[float, int, int]] = []  # (seconds, requests done, rss)
     t0 = time.perf_counter()
@@ -198,14 +203,7 @@ async def _soak(base: str, lengths: dict, a: argparse.Namespace, mem: TreeMemory
         async with httpx.AsyncClient(timeout=300) as http:
             while counts["done"] < a.soak_requests and time.perf_counter() - t0 < a.soak_seconds:
                 path, body = _soak_request(rng, lengths)
-                try:
-                    r = await http.post(base + path, json=body)
-                    if r.status_code != 200:
-                        counts["errors"] += 1
-                        errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
-                except Exception as e:  # noqa: BLE001 - counted, reported
-                    counts["errors"] += 1
-                    errors.append(f"{type(e).__name__}: {e}")
+                await _post(http, base + path, body, errors)
                 counts["done"] += 1
 
     async def marker() -> None:
@@ -217,7 +215,8 @@ async def _soak(base: str, lengths: dict, a: argparse.Namespace, mem: TreeMemory
     await asyncio.gather(*(client(c) for c in range(a.soak_clients)))
     mark.cancel()
     marks.append((time.perf_counter() - t0, counts["done"], mem.now()[0]))
-    return {**counts, "marks": marks, "first_errors": errors[:3], "peak": mem.peak}
+    return {**counts, "errors": len(errors), "marks": marks, "first_errors": errors[:3],
+            "peak": mem.peak}  # fmt: skip
 
 
 def _fairness_lines(rows: list[tuple[str, dict]], a: argparse.Namespace) -> list[str]:
