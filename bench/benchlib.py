@@ -23,6 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 ULMFIT = str(Path(sys.executable).parent / "ulmfit")
 
 
+def utc_now() -> str:
+    """Now, as the sections of RESULTS.md date their runs: ``2026-11-28 09:30 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
 def git_commit() -> str:
     """The checked-out commit, marked when tracked files have uncommitted changes."""
     try:

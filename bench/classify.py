@@ -29,10 +29,9 @@ import csv  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchlib import REPO, append_results, cpu_description, versions  # noqa: E402
+from benchlib import REPO, append_results, cpu_description, utc_now, versions  # noqa: E402
 from benchlib import run_ulmfit as run  # noqa: E402
 
 SHARED = REPO.parent / "shared"
@@ -143,7 +142,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     ds = dataset(a.dataset, work, a.train_rows, a.test_rows)
     label = ds.get("label", [])
-    start = datetime.now(timezone.utc)
+    start = utc_now()
 
     base = run(["baseline", "--train", str(ds["train"]), "--test", str(ds["test"]), *label])
 
@@ -156,7 +155,7 @@ def main() -> None:
     kind = res["classifier"]["label_kind"]
 
     lines = [
-        f"## ULMFiT vs baselines: {a.dataset} ({start:%Y-%m-%d %H:%M} UTC)",
+        f"## ULMFiT vs baselines: {a.dataset} ({start})",
         "",
         f"Machine: {cpu_description()}; {versions()}.",
         f"Split: {ds['split']}. Command: `.venv/bin/python bench/classify.py {' '.join(argv)}"

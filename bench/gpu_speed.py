@@ -37,7 +37,6 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from benchlib import (  # noqa: E402
@@ -49,6 +48,7 @@ from benchlib import (  # noqa: E402
     git_commit,
     sha256,
     torch_environment,
+    utc_now,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,7 +162,7 @@ def bundle(a) -> None:
              for p in sorted(out.rglob("*")) if p.is_file()}  # fmt: skip
     total = sum(f["bytes"] for f in files.values())
     manifest = {
-        "created": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "created": utc_now(),
         "ulmfit_commit": git_commit(),
         "lm": {"file": "lm_ids.npy", "tokens": int(len(ids)), "source": "../shared/data/"
                "wikipedia_en valid.txt then train.txt.gz, our tokenizer, wiki30k ids"},
@@ -693,7 +693,7 @@ def run(a) -> None:
     tr_len = np.diff(np.load(a.bundle / "clas.npz")["train_offsets"])[: a.clas_docs]
     meta = {
         "t0": t0,
-        "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "date": utc_now(),
         "command": shlex.join([sys.executable, "bench/gpu_speed.py", *sys.argv[1:]]),
         "commit": git_commit(),
         "cpu": cpu_description(),

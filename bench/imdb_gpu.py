@@ -40,7 +40,6 @@ import shlex  # noqa: E402
 import shutil  # noqa: E402
 import tarfile  # noqa: E402
 import tempfile  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from benchlib import (  # noqa: E402
@@ -51,6 +50,7 @@ from benchlib import (  # noqa: E402
     git_commit,
     sha256,
     torch_environment,
+    utc_now,
     write_json,
 )
 
@@ -67,10 +67,6 @@ BUNDLE = "bundle.json"
 
 def _say(msg: str) -> None:
     print(f"[{time.monotonic() - T_START:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 # ----------------------------------------------------------------------------------------
@@ -137,7 +133,7 @@ def make_bundle(files: dict[str, Path], pretrained: Path, vocab: Path, out: Path
             _say(f"bundle: ulmfit prepare {f} --export {split}")
             summary[split] = export([f], stage / split, split != "unsup", meta.get("raw", False))
         given = _copy_pretrained(pretrained, vocab, stage / "model")
-        meta.update(created=_now(), commit=git_commit(), prepare=summary)
+        meta.update(created=utc_now(), commit=git_commit(), prepare=summary)
         meta["pretrained"] = {"given": given, "from": str(pretrained)}
         write_json(stage / BUNDLE, meta)
         return pack(stage, out)
@@ -251,7 +247,7 @@ def cmd_run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="imdb_gpu-work-"))
     res: dict = {"task": "IMDb headline on one GPU (issue 5 item 4; issue 3 item 5c)"}
-    res.update(date=_now(), command=shlex.join(["python3", *sys.argv]), commit=git_commit())
+    res.update(date=utc_now(), command=shlex.join(["python3", *sys.argv]), commit=git_commit())
     res.update(budget_s=args.budget_s, environment=torch_environment(args.device), steps={})
     try:
         data = unpack(Path(args.parts), work / "data")
@@ -263,7 +259,7 @@ def cmd_run(args) -> int:
             _say(f"ulmfit {shlex.join(cmd)}")
             report, secs, peak = cli_json(cmd)
             report.pop("predictions", None), report.pop("rows", None)
-            res["steps"][name] = {"command": "ulmfit " + shlex.join(cmd), "seconds": round(secs, 1)}
+            res["steps"][name] = {"command": "ulmfit " + shlex.join(cmd), "seconds": round(secs, 3)}
             res["steps"][name].update(peak_gpu_mib=peak, report=report)
             write_json(out / "results.json", res)
     except BaseException as e:

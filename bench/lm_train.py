@@ -32,10 +32,9 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchlib import append_results, cpu_description, git_commit  # noqa: E402
+from benchlib import append_results, cpu_description, git_commit, utc_now  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -425,7 +424,7 @@ def main() -> None:
     where = f"{a.threads} CPU threads" if a.device == "cpu" else f"{a.device}, mixed precision"
     section = "\n".join(
         [
-            f"\n## Language-model training throughput, {where} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
+            f"\n## Language-model training throughput, {where} ({utc_now()})\n",
             f"Machine: {_machine(a.device)}; torch {torch.__version__}; python {platform.python_version()}; "
             f"ulmfit commit {git_commit()}" + "; fastai 2.8.12 in bench/.venv-fastai.",
             "Command: `" + " ".join([".venv/bin/python bench/lm_train.py", *sys.argv[1:]]) + "`",

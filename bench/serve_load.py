@@ -31,10 +31,9 @@ import json  # noqa: E402
 import random  # noqa: E402
 import shlex  # noqa: E402
 import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchlib import TreeMemory, append_results, cpu_description, serve, versions  # noqa: E402
+from benchlib import TreeMemory, append_results, cpu_description, serve, utc_now, versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -389,7 +388,7 @@ def _predict_lines(pred: dict, a: argparse.Namespace) -> list[str]:
 def main() -> None:
     a = _args()
     lengths = {"sentence": _texts(a.sentences), "review": _texts(a.reviews)}
-    start = datetime.now(timezone.utc)
+    start = utc_now()
     model_desc = _model_desc(a.model)
 
     options = ["--log-level", "warning", "--device", a.device]
@@ -415,7 +414,7 @@ def main() -> None:
     argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
     server = " ".join(shlex.quote(x) for x in [Path(server_cmd[0]).name, *server_cmd[1:]])
     lines = [
-        f"## Serving under load ({start:%Y-%m-%d %H:%M} UTC)",
+        f"## Serving under load ({start})",
         "",
         f"Machine: {cpu_description()}; {versions('fastapi', 'uvicorn', 'httpx')}.",
         f"Model: {model_desc}.",

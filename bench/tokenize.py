@@ -32,11 +32,10 @@ import shutil
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from benchlib import ULMFIT, append_results, cpu_model, git_commit, measure  # noqa: E402
+from benchlib import ULMFIT, append_results, cpu_model, git_commit, measure, utc_now  # noqa: E402
 
 REPO = Path(_HERE).parent
 SPLITS = ("train", "test", "unsup")
@@ -585,7 +584,7 @@ def bench(a: argparse.Namespace) -> dict:
         log(f"[bench] WARNING: expected {FULL_DOCS:,} docs, got {sorted(docs_in)}")
     order = ["ours", "ours_cached", "fastai", *[f"spacy{p}" for p in a.spacy_procs]]
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "machine": machine_info(),
         "versions": {
             "python": platform.python_version(),
