@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -27,11 +26,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent))
-from benchlib import REPO, ULMFIT, cpu_description, git_commit  # noqa: E402
+from benchlib import REPO, ULMFIT, append_results, cpu_description, git_commit, serve, sha256  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 IMDB = SHARED / "data" / "imdb" / "train.csv.gz"
@@ -56,11 +55,8 @@ class Case:
     expect: str = "error"
     keep: Callable[[Path], list[Path]] = lambda ws: []
     needle: str = ""
-    stdin: str | None = None
     timeout: float = 120
     run: Callable[[Path], Outcome] | None = None
-    setup: Callable[[Path], None] | None = None
-    extra: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,9 +69,9 @@ def digest(paths: list[Path]) -> dict[str, str]:
         if p.is_dir():
             for f in sorted(p.rglob("*")):
                 if f.is_file():
-                    out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+                    out[str(f)] = sha256(f)
         elif p.exists():
-            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+            out[str(p)] = sha256(p)
         else:
             out[str(p)] = "absent"
     return out
@@ -102,8 +98,6 @@ def judge(case: Case, proc: subprocess.CompletedProcess) -> Outcome:
 
 
 def run_case(case: Case, ws: Path) -> Outcome:
-    if case.setup is not None:
-        case.setup(ws)
     before = digest(case.keep(ws))
     backup = _backup(ws, case.keep(ws))
     if case.run is not None:
@@ -114,7 +108,6 @@ def run_case(case: Case, ws: Path) -> Outcome:
             proc = subprocess.run(
                 [ULMFIT, *argv],
                 cwd=ws,
-                input=case.stdin,
                 capture_output=True,
                 text=True,
                 timeout=case.timeout,
@@ -399,34 +392,6 @@ def broken_pipe(ws: Path) -> Outcome:
 # The server
 
 
-@contextlib.contextmanager
-def server(ws: Path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [ULMFIT, "serve", "run", "--port", str(port), "--device", "cpu", "--log-level", "error"],
-        cwd=ws,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(ws),
-    )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            http.client.HTTPConnection("127.0.0.1", port, timeout=2).request("GET", "/health")
-            break
-        time.sleep(0.3)
-    try:
-        yield port
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def http_case(method: str, path: str, body: bytes, headers: dict, want: range) -> Callable:
     def run(ws: Path) -> Outcome:
         port = ws.joinpath(".port").read_text()
@@ -602,7 +567,8 @@ def main() -> int:
             rows.append((case, _report(case, run_case(case, ws))))
         server_cases = [c for c in cases if c.group == "server"]
         if server_cases:
-            with server(ws) as port:
+            options = ["--device", "cpu", "--log-level", "error"]
+            with serve("run", *options, cwd=ws, env=_env(ws)) as (_, port, _):
                 ws.joinpath(".port").write_text(str(port))
                 for case in server_cases:
                     rows.append((case, _report(case, run_case(case, ws))))
@@ -636,7 +602,7 @@ def _table(rows: list[tuple[Case, Outcome]]) -> str:
 def _append_results(table: str, rows, started: str, seconds: float) -> None:
     failed = [f"- [{c.group}] {c.name}: {o.why}" for c, o in rows if not o.ok]
     text = (
-        f"\n\n## Bad inputs, faults and hostile requests ({started})\n\n"
+        f"\n## Bad inputs, faults and hostile requests ({started})\n\n"
         f"Machine: {cpu_description()}; ulmfit commit {git_commit()}; Python {sys.version.split()[0]}.\n"
         f"Command: `.venv/bin/python bench/bad_inputs.py --results` ({seconds:.0f} s).\n"
         "Clean: exit 2 with one `ulmfit: error:` line (or the expected success / exit 130 / 4xx "
@@ -646,8 +612,7 @@ def _append_results(table: str, rows, started: str, seconds: float) -> None:
         + "\n"
         + ("\nNot clean:\n" + "\n".join(failed) + "\n" if failed else "")
     )
-    with open(REPO / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
-        f.write(text)
+    append_results(text)
 
 
 if __name__ == "__main__":

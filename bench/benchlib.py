@@ -4,19 +4,28 @@ not shadow the standard library's tokenize), which is how they find this module.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ULMFIT = str(Path(sys.executable).parent / "ulmfit")
+
+
+def utc_now() -> str:
+    """Now, as the sections of RESULTS.md date their runs: ``2026-11-28 09:30 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
 def git_commit() -> str:
@@ -149,3 +158,154 @@ def cli_json(args: list[str]) -> tuple[dict, float, float | None]:
         raise RuntimeError(f"ulmfit {shlex.join(args)}: exit {rc}")
     peak = round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None
     return json.loads(out.getvalue().strip().splitlines()[-1]), secs, peak
+
+
+def versions(*packages: str) -> str:
+    """``python X; torch Y; PKG Z ...; ulmfit commit C``: the header line of a section."""
+    from importlib.metadata import version
+
+    import torch
+
+    pkgs = "".join(f"; {p} {version(p)}" for p in packages)
+    return (
+        f"python {platform.python_version()}; torch {torch.__version__}{pkgs}; "
+        f"ulmfit commit {git_commit()}"
+    )
+
+
+RESULTS = REPO / "bench" / "RESULTS.md"
+
+
+def append_results(text: str, path: Path = RESULTS) -> None:
+    """Add a section to bench/RESULTS.md (or ``path``), a blank line before it."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n" + text)
+
+
+class TreeMemory(threading.Thread):
+    """Samples the memory of a process and all its descendants every ``interval`` seconds
+    until stopped: summed RSS, summed PSS (``pss=True``: pages shared by forked workers split
+    among them, the tree's real footprint; reads smaps, so slower) and summed anonymous RSS
+    (RSS minus file-backed pages: a memory-mapped corpus does not count). ``samples`` holds
+    ``(seconds since start, rss)``; ``peak``, ``peak_pss`` and ``peak_anon`` the maxima."""
+
+    def __init__(self, pid: int, interval: float = 0.05, pss: bool = False) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self.root, self.interval, self.pss = psutil.Process(pid), interval, pss
+        self.t0 = time.perf_counter()
+        self.peak = self.peak_pss = self.peak_anon = 0
+        self.samples: list[tuple[float, int]] = []
+        self._halt = threading.Event()
+        self.sample()
+        self.start()
+
+    def now(self) -> tuple[int, int, int]:
+        """Summed RSS, PSS and anonymous RSS of the tree now (zeros once it is gone)."""
+        import psutil
+
+        rss = pss = anon = 0
+        with contextlib.suppress(psutil.Error):
+            for proc in [self.root, *self.root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    m = proc.memory_full_info() if self.pss else proc.memory_info()
+                    rss += m.rss
+                    pss += getattr(m, "pss", m.rss)
+                    anon += max(m.rss - m.shared, 0)
+        return rss, pss, anon
+
+    def sample(self) -> None:
+        rss, pss, anon = self.now()
+        if rss:
+            self.samples.append((time.perf_counter() - self.t0, rss))
+        self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
+        self.peak_anon = max(self.peak_anon, anon)
+
+    def at(self, fraction: float) -> int:
+        """The RSS sample nearest to ``fraction`` of the time sampled so far."""
+        t = fraction * self.samples[-1][0]
+        return min(self.samples, key=lambda s: abs(s[0] - t))[1]
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def measure(cmd: list[str], pss: bool = False, **popen) -> dict:
+    """Run ``cmd`` to its end, its memory sampled (``TreeMemory``): rc, stdout, stderr, wall
+    seconds and the peak summed RSS / PSS / anonymous RSS in MiB."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen
+    )
+    mem = TreeMemory(proc.pid, pss=pss)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    mem.stop()
+    return {
+        "rc": proc.returncode,
+        "stdout": out.decode("utf-8", "replace"),
+        "stderr": err.decode("utf-8", "replace"),
+        "wall": wall,
+        "peak_rss_mib": mem.peak / 2**20,
+        "peak_pss_mib": mem.peak_pss / 2**20,
+        "peak_anon_mib": mem.peak_anon / 2**20,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(model: str, *options: str, cwd: Path | None = None, env: dict | None = None):
+    """``ulmfit serve MODEL --port P OPTIONS`` on a free loopback port, yielded as
+    ``(process, port, command)`` once GET /health answers 200; stopped with Ctrl-C (SIGINT)
+    after, killed if it does not end within 30 s."""
+    import http.client
+
+    port = free_port()
+    cmd = [ULMFIT, "serve", model, "--port", str(port), *options]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(
+                f"the server exited ({proc.returncode}):\n{proc.stderr.read()[-3000:]}"
+            )
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                break
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("the server did not answer /health within 180 s")
+        time.sleep(0.25)
+    try:
+        yield proc, port, cmd
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def bench_module(name: str):
+    """bench/NAME.py as a module (one script reusing another's contenders, not copying them)."""
+    import importlib.util
+
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]

@@ -9,8 +9,8 @@ The corpus is a ``.txt`` file, one document per line, of words drawn from a Zipf
 is the peak over time of the *anonymous* resident memory (RSS minus file-backed pages) of the
 process and its children (the tokenizer workers), sampled every 50 ms: pages of a memory-mapped
 corpus are file-backed and can be dropped by the kernel at any time, so they are not what runs
-a machine out of memory. With ``--limit-gb`` the commands also run under ``ulimit -v``; with
-``--cgroup-gb`` (root, cgroup v1 memory controller) inside a memory cgroup whose limit counts
+a machine out of memory. With ``--cgroup-gb`` (root, cgroup v1 memory controller) the
+commands run inside a memory cgroup whose limit counts
 every page the commands touch, page cache included, as the kernel enforces it: a corpus several
 times that size then has to stream, or the kernel kills the command (reported as rc 137 and
 the cgroup's fail count).
@@ -23,18 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-ULMFIT = Path(sys.executable).with_name("ulmfit")
+sys.path.append(str(Path(__file__).resolve().parent))
+from benchlib import REPO, ULMFIT, measure  # noqa: E402
 
 # A few steps of pretraining on the whole (memory-mapped) corpus: the same setup code as
 # ``ulmfit pretrain`` (vocabulary, training stream, loader, learner), cut to ``steps`` batches.
@@ -73,17 +70,6 @@ def write_corpus(path: Path, n_bytes: int, seed: int = 0, vocab: int = 50_000) -
             written += len(block)
             docs += n
     return docs
-
-
-def _anon_tree(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            m = p.memory_info()
-            total += max(m.rss - m.shared, 0)
-        except psutil.Error:
-            pass
-    return total
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
@@ -125,42 +111,20 @@ class MemoryCgroup:
 def peak_memory(
     cmd: list[str],
     env: dict | None = None,
-    limit_gb: float | None = None,
     cgroup: MemoryCgroup | None = None,
 ) -> dict:
-    """Run ``cmd``; returns rc, seconds, peak anonymous RSS (bytes, process tree), stdout."""
-    if limit_gb:
-        kb = int(limit_gb * 2**20)
-        cmd = ["bash", "-c", f'ulimit -v {kb} && exec "$@"', "bash", *cmd]
+    """Run ``cmd``; returns rc, seconds, peak anonymous RSS (MiB, process tree), stdout."""
     if cgroup is not None:
         cgroup.reset()
         cmd = cgroup.wrap(cmd)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    ps = psutil.Process(proc.pid)
-    peak = [0]
-
-    def watch() -> None:
-        while proc.poll() is None:
-            try:
-                peak[0] = max(peak[0], _anon_tree(ps))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    out, err = proc.communicate()
-    t.join()
+    r = measure(cmd, cwd=REPO, env=env)
     return {
-        "rc": proc.returncode,
-        "seconds": round(time.perf_counter() - t0, 2),
-        "peak_anon_mb": round(peak[0] / 2**20, 1),
+        "rc": r["rc"],
+        "seconds": round(r["wall"], 2),
+        "peak_anon_mb": round(r["peak_anon_mib"], 1),
         **(cgroup.usage() if cgroup is not None else {}),
-        "stdout": out,
-        "stderr": err[-2000:],
+        "stdout": r["stdout"],
+        "stderr": r["stderr"][-2000:],
     }
 
 
@@ -168,7 +132,6 @@ def run(
     n_bytes: int,
     work: Path,
     steps: int = 20,
-    limit_gb: float | None = None,
     cgroup: MemoryCgroup | None = None,
 ) -> dict:
     """Generate, prepare and pretrain a few steps in ``work``; the measurements."""
@@ -181,7 +144,6 @@ def run(
     prep = peak_memory(
         [str(ULMFIT), "prepare", str(corpus), "--cache-dir", str(cache), "--json"],
         env,
-        limit_gb,
         cgroup,
     )
     res = {
@@ -196,7 +158,6 @@ def run(
     pre = peak_memory(
         [sys.executable, "-c", _PRETRAIN_STEPS, str(corpus), str(valid), str(cache), str(steps)],
         env,
-        limit_gb,
         cgroup,
     )
     res["pretrain_steps"] = {k: v for k, v in pre.items() if k not in ("stdout", "stderr")}
@@ -213,7 +174,6 @@ def main() -> None:
     size.add_argument("--gb", type=float, help="corpus size in GB")
     size.add_argument("--mb", type=float, help="corpus size in MB (default 64)")
     ap.add_argument("--steps", type=int, default=20, help="pretraining steps")
-    ap.add_argument("--limit-gb", type=float, help="also run under ulimit -v of this many GB")
     ap.add_argument(
         "--cgroup-gb", type=float, help="run inside a memory cgroup limited to this many GB"
     )
@@ -224,7 +184,7 @@ def main() -> None:
     cgroup = MemoryCgroup(args.cgroup_gb) if args.cgroup_gb else None
     try:
         with tempfile.TemporaryDirectory(dir=args.workdir, prefix="ulmfit-big-") as work:
-            res = run(n_bytes, Path(work), args.steps, args.limit_gb, cgroup)
+            res = run(n_bytes, Path(work), args.steps, cgroup)
     finally:
         if cgroup is not None:
             cgroup.remove()

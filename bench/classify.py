@@ -28,29 +28,15 @@ import argparse  # noqa: E402
 import csv  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchlib import cpu_description, git_commit  # noqa: E402
+from benchlib import REPO, append_results, cpu_description, utc_now, versions  # noqa: E402
 from benchlib import run_ulmfit as run  # noqa: E402
 
-
-def _versions() -> str:
-    import torch
-
-    return (
-        f"python {platform.python_version()}; torch {torch.__version__}; "
-        f"ulmfit commit {git_commit()}"
-    )
-
-
-REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DATA = SHARED / "data"
 MODEL = SHARED / "models" / "wiki30k_fwd"
-ULMFIT = str(Path(sys.executable).parent / "ulmfit")
 
 # Fixed splits of the datasets without a usable official one (seed 0, Python's random).
 SPLITS = {
@@ -148,7 +134,6 @@ def main() -> None:
     p.add_argument("dataset", choices=["trec6", "sst2", "mr", "goemotions", "imdb"])
     p.add_argument("--run-dir", type=Path, help="run folder (default runs/bench_DATASET)")
     p.add_argument("--no-write", action="store_true", help="print, do not append to RESULTS.md")
-    p.add_argument("--skip-baselines", action="store_true")
     p.add_argument("--train-rows", type=int, default=0, help="goemotions / imdb: a subset")
     p.add_argument("--test-rows", type=int, default=0, help="imdb: a subset")
     a = p.parse_args(argv)
@@ -157,42 +142,36 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     ds = dataset(a.dataset, work, a.train_rows, a.test_rows)
     label = ds.get("label", [])
-    start = datetime.now(timezone.utc)
+    start = utc_now()
 
-    base = None
-    if not a.skip_baselines:
-        base = run(["baseline", "--train", str(ds["train"]), "--test", str(ds["test"]), *label])
+    base = run(["baseline", "--train", str(ds["train"]), "--test", str(ds["test"]), *label])
 
     args = ["fit", "--train", str(ds["train"]), "--test", str(ds["test"]), *label]
     if "valid" in ds:
         args += ["--valid", str(ds["valid"])]
-    if "unlabelled" in ds:
-        args += ["--unlabelled", str(ds["unlabelled"])]
     args += ["--pretrained", str(MODEL / "lstm_fwd.pth"), "--vocab", str(MODEL / "itos.pkl")]
     args += ["--out", str(run_dir), *fit_extra]
     res, fit_s, fit_cmd = run(args)
     kind = res["classifier"]["label_kind"]
 
     lines = [
-        f"## ULMFiT vs baselines: {a.dataset} ({start:%Y-%m-%d %H:%M} UTC)",
+        f"## ULMFiT vs baselines: {a.dataset} ({start})",
         "",
-        f"Machine: {cpu_description()}; {_versions()}.",
+        f"Machine: {cpu_description()}; {versions()}.",
         f"Split: {ds['split']}. Command: `.venv/bin/python bench/classify.py {' '.join(argv)}"
         + (f" -- {' '.join(fit_extra)}" if fit_extra else "")
         + "`, which runs:",
         "",
     ]
-    if base is not None:
-        lines.append(f"1. `{base[2]} --json` ({base[1]:.0f} s)")
-    lines += [f"{2 if base else 1}. `{fit_cmd} --json` ({fit_s / 60:.1f} min wall)", ""]
+    lines.append(f"1. `{base[2]} --json` ({base[1]:.0f} s)")
+    lines += [f"2. `{fit_cmd} --json` ({fit_s / 60:.1f} min wall)", ""]
     lines += ["| model | test | validation |", "|---|---|---|"]
     valid = res["classifier"]["valid"]
     lines.append(f"| ULMFiT from wiki30k_fwd | {_headline(kind, res['test'])} | "
                  f"{_headline(kind, valid)} |")  # fmt: skip
-    if base is not None:
-        for key, name in (("nbsvm", "NB-SVM (uni+bigrams)"), ("tfidf_lr", "TF-IDF + LR")):
-            if base[0].get(key):
-                lines.append(f"| {name} | {_headline(kind, base[0][key])} | |")
+    for key, name in (("nbsvm", "NB-SVM (uni+bigrams)"), ("tfidf_lr", "TF-IDF + LR")):
+        if base[0].get(key):
+            lines.append(f"| {name} | {_headline(kind, base[0][key])} | |")
     stages = []
     for key, what in (("lm", "LM fine-tuning"), ("classifier", "classifier")):
         st = res.get(key, {})
@@ -211,10 +190,9 @@ def main() -> None:
         ]
     text = "\n".join(lines) + "\n"
     print(text)
-    print(json.dumps({"fit": res, "baseline": base[0] if base else None}), file=sys.stderr)
+    print(json.dumps({"fit": res, "baseline": base[0]}), file=sys.stderr)
     if not a.no_write:
-        with open(REPO / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+        append_results(text)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,10 @@
 """One-shot GPU speed benchmark: ours vs fastai 2.8, language model and classifier, one run.
 
-Each contender runs in its own subprocess (its own timeout: a failure or out-of-memory loses
-only that measurement), ``torch.cuda.synchronize()`` around every timed region, with the peak
-GPU memory of each subprocess. Ours is the library's own code; fastai's is the one other
-implementation here:
-
-- LM training tokens/s at bs 64/128/256, bptt 80, mixed precision: bench/lm_train.py's
-  contenders (ours: ``Learner`` + ``LMTask``, amp="auto"; fastai ``to_fp16()``; plain
-  ``nn.LSTM`` x 3 under bf16 autocast; fp16 and ``compile=True`` extras when time allows);
-- ``ulmfit pretrain`` on the exported Wikipedia text, one epoch: tokens/s of the command (its
-  model is what the classifier jobs start from);
-- classifier training docs/s: ``ulmfit fit --lm-epochs 1`` on exported IMDb reviews, its
-  classifier stage (1+1+1+``--clas-epochs`` epochs of gradual unfreezing, validation
-  included), beside ``text_classifier_learner(...).to_fp16()`` with fastai's IMDb schedule on
-  the same reviews, timed the same way;
-- classifier prediction docs/s: ``ulmfit evaluate RUN TEST`` (the second of two calls,
-  loading included) beside fastai's ``get_preds``.
+What each job measures (LM training tokens/s with bench/lm_train.py's contenders and their
+fp16 / compile extras, ``ulmfit pretrain``, ``ulmfit fit``'s classifier stage and ``ulmfit
+evaluate`` beside fastai's) and the procedure are in bench/RESULTS.md, "GPU benchmarks". Each
+contender runs in its own subprocess with its own timeout, ``torch.cuda.synchronize()`` around
+every timed region, with its peak GPU memory; spaCy is unimportable in every subprocess.
 
     .venv/bin/python bench/gpu_speed.py bundle       # here: writes .gpu/speed/ (< 48 MiB)
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/speed/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
@@ -25,7 +14,7 @@ implementation here:
 
 The run keeps to ``--budget-s`` (450 s): a job that would not fit is skipped and listed;
 ``--repeat`` rounds (3; medians) run while time remains; results.json, results.md and logs/
-are rewritten after every job. spaCy is unimportable in every subprocess, as on the GPU.
+are rewritten after every job.
 """
 
 from __future__ import annotations
@@ -48,10 +37,10 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from benchlib import (  # noqa: E402
+    bench_module,
     cli_json,
     cpu_description,
     dataset,
@@ -59,6 +48,7 @@ from benchlib import (  # noqa: E402
     git_commit,
     sha256,
     torch_environment,
+    utc_now,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,19 +74,6 @@ WHEELS = (
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _lm_train():
-    """bench/lm_train.py as a module (its contenders are reused, not copied)."""
-    import importlib.util
-
-    mod = sys.modules.get("lm_train")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("lm_train", BENCH / "lm_train.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["lm_train"] = mod
-        spec.loader.exec_module(mod)
-    return mod
 
 
 # ============================================================================================
@@ -167,7 +144,7 @@ def bundle(a) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     _say(f"bundle: tokenizing {a.lm_tokens:,} Wikipedia tokens (bench/lm_train.py's _ids)")
-    ids = np.asarray(_lm_train()._ids(a.lm_tokens), dtype=np.uint16)
+    ids = np.asarray(bench_module("lm_train")._ids(a.lm_tokens), dtype=np.uint16)
     np.save(out / "lm_ids.npy", ids)
     exports = {"wiki": export([SHARED / "data" / "wikipedia_en" / "valid.txt"], out / "wiki",
                               False, raw=a.raw)}  # fmt: skip
@@ -185,7 +162,7 @@ def bundle(a) -> None:
              for p in sorted(out.rglob("*")) if p.is_file()}  # fmt: skip
     total = sum(f["bytes"] for f in files.values())
     manifest = {
-        "created": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "created": utc_now(),
         "ulmfit_commit": git_commit(),
         "lm": {"file": "lm_ids.npy", "tokens": int(len(ids)), "source": "../shared/data/"
                "wikipedia_en valid.txt then train.txt.gz, our tokenizer, wiki30k ids"},
@@ -405,7 +382,7 @@ CONTENDERS = {
 def _lm_runner(name: str):
     import functools
 
-    lm = _lm_train()
+    lm = bench_module("lm_train")
     lm.DEVICE = DEVICE
     runners = {
         "ours": lm.run_ours,
@@ -716,7 +693,7 @@ def run(a) -> None:
     tr_len = np.diff(np.load(a.bundle / "clas.npz")["train_offsets"])[: a.clas_docs]
     meta = {
         "t0": t0,
-        "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "date": utc_now(),
         "command": shlex.join([sys.executable, "bench/gpu_speed.py", *sys.argv[1:]]),
         "commit": git_commit(),
         "cpu": cpu_description(),

@@ -1,32 +1,14 @@
 """The IMDb headline on one GPU: ``ulmfit fit`` from wiki30k_fwd on all 100,000 IMDb texts.
 
-Issue 5 item 4 (and issue 3 item 5c): the library's own chain, timed -- the language model
-fine-tuned on every IMDb text (25k train + 25k test + 50k unlabelled, as fastai's IMDb
-example; ``fit``'s 10% held out), held-out perplexity before and after, the classifier
-trained on the 25k training reviews with ``fit``'s gradual unfreezing, then ``ulmfit
-evaluate`` on the 25k test reviews -- in one device call of at most 10 minutes. This script
-measures; the recipe is the library's (``ulmfit fit``'s defaults, only ``--lm-epochs`` is
-chosen here to fit the budget).
-
-The GPU machine has PyTorch but no spaCy, no ../shared, no ``ulmfit`` script and no network,
-and each call carries at most 64 MiB, so:
-
-``bundle`` (here, on the CPU): ``ulmfit prepare FILE --export DIR`` for each IMDb file
-(dataset folders the commands read without spaCy), and wiki30k's ``lstm_fwd.pth`` and
-``itos.pkl``, packed into one tar.gz cut into parts of at most 60 MiB
-(``.gpu/imdb/part-NN/``, each with its SHA-256).
-
-``stash PART`` (each device call): checks a carried part and copies it to /tmp/imdb_parts,
-which outlives the call while the machine stays warm.
-
-``run`` (the last call, after its ``stash``): joins and checks the parts, unpacks them, and
-runs in this process (``ulmfit.cli.main``, the source tree on the path) ``ulmfit fit
---train train --unlabelled test --unlabelled unsup --pretrained lstm_fwd.pth`` and ``ulmfit
-evaluate RUN test``, timing each, with the peak GPU memory. The LM epochs are sized from the
-budget (``--budget-s``, from the script's start): the library's Learner times a few LM steps
-at ``fit``'s shapes (bs 64 x bptt 70, ``bench/lm_train.py``'s ``run_ours``), the classifier
-and the evaluation get ``--clf-reserve-s``, the LM the rest (at most ``--lm-max-epochs``).
-Writes ``results.json`` (after every step) and ``results.md`` into ``--out``.
+Issue 5 item 4 (and issue 3 item 5c): the library's own chain, timed (``fit``'s recipe and
+defaults; only ``--lm-epochs`` is chosen here, to fit the budget); bench/RESULTS.md ("IMDb
+headline on one GPU") has the procedure. ``bundle`` (here): ``ulmfit prepare FILE --export
+DIR`` for each IMDb file and wiki30k's weights, packed into parts of at most 60 MiB (one
+device call carries 64 MiB); ``stash PART`` (each device call): checks a part and copies it
+to /tmp/imdb_parts; ``run`` (the last call): joins, checks and unpacks the parts, sizes the
+LM epochs from the budget (a few steps of bench/lm_train.py's ``run_ours``), then runs
+``ulmfit fit`` and ``ulmfit evaluate`` in this process (``ulmfit.cli.main``), timing each,
+with the peak GPU memory, into ``--out``/results.json and results.md.
 
     .venv/bin/python bench/imdb_gpu.py bundle                       # .gpu/imdb/part-NN
     .venv/bin/python bench/imdb_gpu.py bundle --limit 300 --out-dir /tmp/imdb_small
@@ -58,16 +40,17 @@ import shlex  # noqa: E402
 import shutil  # noqa: E402
 import tarfile  # noqa: E402
 import tempfile  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from benchlib import (  # noqa: E402
+    bench_module,
     cli_json,
     dataset,
     export,
     git_commit,
     sha256,
     torch_environment,
+    utc_now,
     write_json,
 )
 
@@ -84,10 +67,6 @@ BUNDLE = "bundle.json"
 
 def _say(msg: str) -> None:
     print(f"[{time.monotonic() - T_START:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 # ----------------------------------------------------------------------------------------
@@ -154,7 +133,7 @@ def make_bundle(files: dict[str, Path], pretrained: Path, vocab: Path, out: Path
             _say(f"bundle: ulmfit prepare {f} --export {split}")
             summary[split] = export([f], stage / split, split != "unsup", meta.get("raw", False))
         given = _copy_pretrained(pretrained, vocab, stage / "model")
-        meta.update(created=_now(), commit=git_commit(), prepare=summary)
+        meta.update(created=utc_now(), commit=git_commit(), prepare=summary)
         meta["pretrained"] = {"given": given, "from": str(pretrained)}
         write_json(stage / BUNDLE, meta)
         return pack(stage, out)
@@ -225,15 +204,11 @@ def unpack(parts: Path, target: Path) -> Path:
 def _lm_epochs(args, bundle: dict, res: dict) -> int:
     """Unfrozen LM epochs that leave ``--clf-reserve-s`` of the budget: one epoch's time from
     a few steps of the library's Learner at fit's LM shapes (after one frozen epoch)."""
-    import importlib.util
-
     import numpy as np
 
     if args.lm_epochs is not None:
         return args.lm_epochs
-    spec = importlib.util.spec_from_file_location("lm_train", Path(_HERE) / "lm_train.py")
-    lm_train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lm_train)
+    lm_train = bench_module("lm_train")
     lm_train.DEVICE = args.device
     prep = bundle["prepare"]
     vocab = min(60008, max(r.get("vocab_size", 60008) for r in prep.values()))
@@ -272,7 +247,7 @@ def cmd_run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="imdb_gpu-work-"))
     res: dict = {"task": "IMDb headline on one GPU (issue 5 item 4; issue 3 item 5c)"}
-    res.update(date=_now(), command=shlex.join(["python3", *sys.argv]), commit=git_commit())
+    res.update(date=utc_now(), command=shlex.join(["python3", *sys.argv]), commit=git_commit())
     res.update(budget_s=args.budget_s, environment=torch_environment(args.device), steps={})
     try:
         data = unpack(Path(args.parts), work / "data")
@@ -284,7 +259,7 @@ def cmd_run(args) -> int:
             _say(f"ulmfit {shlex.join(cmd)}")
             report, secs, peak = cli_json(cmd)
             report.pop("predictions", None), report.pop("rows", None)
-            res["steps"][name] = {"command": "ulmfit " + shlex.join(cmd), "seconds": round(secs, 1)}
+            res["steps"][name] = {"command": "ulmfit " + shlex.join(cmd), "seconds": round(secs, 3)}
             res["steps"][name].update(peak_gpu_mib=peak, report=report)
             write_json(out / "results.json", res)
     except BaseException as e:

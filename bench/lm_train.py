@@ -1,30 +1,18 @@
 """Language-model training throughput: ours vs fastai 2.8 vs plain PyTorch LSTMs (CPU or GPU).
 
 fastai's standard AWD-LSTM language model (vocab 30,008, emb 400, hidden 1152, 3 layers, its
-default dropouts, AR/TAR, gradient clipping 0.1, Adam) trained on real text — the wiki30k
-vocabulary over ../shared/data/wikipedia_en/valid.txt — at bptt 70 and bs 32 and 64 on the CPU
-(torch limited to 2 threads), or with `--device cuda` at bs 64/128/256 in mixed precision (ours:
-the Learner's bf16 autocast; plain: bf16 autocast; fastai: `to_fp16()`). Each contender runs in
-its own subprocess, one after another in the same run, and reports tokens/s over the timed
-batches (after warm-up batches):
+default dropouts, AR/TAR, clipping 0.1, Adam) on the wiki30k ids of Wikipedia text, bptt 70,
+bs 32 and 64 on 2 CPU threads (or `--device cuda`, mixed precision). Each contender is a
+subprocess reporting tokens/s over its timed batches: ours (`Learner` + `LMTask` on our
+`LanguageModel`), fastai (`language_model_learner(..., pretrained=False)`, timed by a
+callback; bench/.venv-fastai), plain (`nn.Embedding` + 3 `nn.LSTM` + tied decoder, no
+dropout: this model's practical limit). On the CPU, ours and plain also run *paired* in one
+process, step for step: the median per-step ratio is steady where the machine's speed drifts.
 
-- ours: `ulmfit.train.Learner` with `LMTask` on `ulmfit.models.awd_lstm.LanguageModel`
-  (forward, cross-entropy + AR/TAR, backward, clip 0.1, AdamW under one-cycle);
-- fastai: `language_model_learner(dls, AWD_LSTM, pretrained=False)` and `learn.fit`, timed with
-  a callback from the first timed batch to the last (run with bench/.venv-fastai);
-- plain: `nn.Embedding` + three `nn.LSTM` + tied `nn.Linear`, no dropout, no AR/TAR: the
-  practical limit of this model on this CPU.
-
-On the CPU each run also times ours and plain *paired* in one process, step for step (a plain
-step, then our Learner's step on the same batch): on a shared machine whose speed drifts by
-20% between subprocesses, the median of those per-step ratios is the steadier ours/plain figure.
-
-    bash bench/setup_fastai_env.sh            # once
     .venv/bin/python bench/lm_train.py        # CPU; appends a section to bench/RESULTS.md
     .venv/bin/python bench/lm_train.py --batches 3 --no-write   # smoke run
 
-On a GPU machine (no ../shared), bench/gpu_speed.py runs these contenders (and more: fp16
-variants, the classifier) in one call, from a bundle made here.
+bench/gpu_speed.py runs these contenders on a GPU machine.
 """
 
 from __future__ import annotations
@@ -44,10 +32,9 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchlib import cpu_description, git_commit  # noqa: E402
+from benchlib import append_results, cpu_description, git_commit, utc_now  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -130,9 +117,8 @@ def run_ours(
 ) -> float:
     """The real thing: our Learner (LMTask: cross-entropy + AR/TAR, clipping 0.1, AdamW with
     one-cycle) on our LanguageModel, timed from the first timed batch to the epoch's end.
-    ``amp`` is TrainConfig's (auto: bf16 autocast on a bf16 GPU, off on the CPU); ``compile``
-    asks for ``TrainConfig(compile=True)`` where the library has it."""
-    import dataclasses
+    ``amp`` and ``compile`` are TrainConfig's (amp auto: bf16 autocast on a bf16 GPU, off on
+    the CPU)."""
     import tempfile
 
     import torch
@@ -141,16 +127,13 @@ def run_ours(
     from ulmfit.models.awd_lstm import LanguageModel
     from ulmfit.train import Learner, LMTask
 
-    extra: dict = {}
-    if compile:
-        if "compile" not in {f.name for f in dataclasses.fields(TrainConfig)}:
-            raise Unsupported("this ulmfit's TrainConfig has no compile field")
-        extra["compile"] = True
     torch.manual_seed(0)
     model = LanguageModel(vocab, AWDLSTMConfig())
     train = _TimedLoader(list(_batches(ids, bs, bptt, warm + timed)), warm)
     valid = _TimedLoader(list(_batches(ids, bs, bptt, 1)), 0)
-    cfg = TrainConfig(progress=False, verbose=False, plot=False, device=DEVICE, amp=amp, **extra)
+    cfg = TrainConfig(
+        progress=False, verbose=False, plot=False, device=DEVICE, amp=amp, compile=compile
+    )
     with tempfile.TemporaryDirectory() as out:
         Learner(model, train, valid, LMTask(), out_dir=out, config=cfg).fit_one_cycle(1, 1e-3)
     return bs * bptt * timed / (train.t1 - train.t0)
@@ -327,25 +310,16 @@ def run_fastai(ids, bs, bptt, warm, timed) -> float:
 RUNNERS = {"ours": run_ours, "plain": run_plain, "fastai": run_fastai, "paired": run_paired}
 
 
-def _child(argv: list[str]) -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("name")
-    p.add_argument("ids")
-    p.add_argument("--bs", type=int)
-    p.add_argument("--bptt", type=int)
-    p.add_argument("--warm", type=int)
-    p.add_argument("--timed", type=int)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--device", default="cpu")
-    a = p.parse_args(argv)
+def _child(spec: dict) -> None:
+    """One contender's run (``lm_train.py _run SPEC_JSON``): its tokens/s as JSON."""
     import torch
 
     global DEVICE
-    DEVICE = a.device
+    DEVICE = spec["device"]
     if DEVICE == "cpu":
-        torch.set_num_threads(a.threads)
-    ids = json.loads(Path(a.ids).read_text())
-    res = RUNNERS[a.name](ids, a.bs, a.bptt, a.warm, a.timed)
+        torch.set_num_threads(spec["threads"])
+    ids = json.loads(Path(spec["ids"]).read_text())
+    res = RUNNERS[spec["name"]](ids, spec["bs"], spec["bptt"], spec["warm"], spec["timed"])
     res = res if isinstance(res, dict) else {"tokens_per_s": res}
     print(json.dumps({**res, "torch": torch.__version__}))
 
@@ -361,9 +335,9 @@ def _machine(device: str) -> str:
 
 def _run_one(a, name: str, bs: int, ids_file: Path) -> dict:
     py = a.fastai_python if name == "fastai" else sys.executable
-    cmd = [py, __file__, "_run", name, str(ids_file), "--bs", str(bs), "--bptt", str(a.bptt),
-           "--warm", str(a.warm), "--timed", str(a.batches), "--threads", str(a.threads),
-           "--device", a.device]  # fmt: skip
+    spec = {"name": name, "ids": str(ids_file), "bs": bs, "bptt": a.bptt, "warm": a.warm,
+            "timed": a.batches, "threads": a.threads, "device": a.device}  # fmt: skip
+    cmd = [py, __file__, "_run", json.dumps(spec)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(a.threads)}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -450,7 +424,7 @@ def main() -> None:
     where = f"{a.threads} CPU threads" if a.device == "cpu" else f"{a.device}, mixed precision"
     section = "\n".join(
         [
-            f"\n## Language-model training throughput, {where} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
+            f"\n## Language-model training throughput, {where} ({utc_now()})\n",
             f"Machine: {_machine(a.device)}; torch {torch.__version__}; python {platform.python_version()}; "
             f"ulmfit commit {git_commit()}" + "; fastai 2.8.12 in bench/.venv-fastai.",
             "Command: `" + " ".join([".venv/bin/python bench/lm_train.py", *sys.argv[1:]]) + "`",
@@ -463,12 +437,11 @@ def main() -> None:
     )
     print(section)
     if not a.no_write:
-        with open(a.results, "a") as f:
-            f.write(section)
+        append_results(section[1:], a.results)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_run":
-        _child(sys.argv[2:])
+        _child(json.loads(sys.argv[2]))
     else:
         main()

@@ -1,37 +1,17 @@
 """`ulmfit serve` under a bounded load on loopback, and the CPU throughput of `predict`.
 
-Starts `ulmfit serve MODEL` in its own process on a free loopback port, then, for each text
-length — sentence-length (TREC-6 test questions, ~36 characters) and review-length (IMDb
-reviews from imdb_sample, ~1,400 characters) — sends ``--requests`` POST /predict requests
-(``--texts-per-request`` texts each) from ``--clients`` concurrent keep-alive clients (asyncio +
-httpx in this process) and reports: requests/s and texts/s over the phase's wall time, client-side
-p50 / p99 latency, errors (any non-200 answer, exception or wrong number of predictions), and the
-server process's resident memory after warm-up, at the end, and at its peak (sampled every
-0.2 s). A phase stops issuing requests after ``--max-seconds`` (the table then says how many
-were sent). Then the server is stopped and `Predictor.predict` runs in this process on
-``--predict-docs`` texts of each length (tokenization included, model and spaCy loaded first):
-documents per second. Appends a section to bench/RESULTS.md (date, machine, versions, exact
-command) unless ``--no-write``.
+Phases (``--phases``, default ``load,predict``): ``load``: for sentence-length (TREC-6 test)
+and review-length (imdb_sample) texts, ``--requests`` POST /predict from ``--clients``
+concurrent keep-alive clients (asyncio + httpx here): requests/s, texts/s, p50 / p99 latency,
+errors, the server's memory (after warm-up, halfway, end, peak); ``predict``: docs/s of
+`Predictor.predict` in this process; ``fairness``: short requests while one large /predict
+(and one large /explain) runs: their latencies; ``soak``: a mixed load for
+``--soak-seconds``, the server's memory every ``--soak-every`` seconds. Appends a section to
+bench/RESULTS.md unless ``--no-write``. The load generator shares the machine with the server.
 
     .venv/bin/python bench/serve_load.py --model RUN            # defaults: < ~5 min on 2 cores
-    .venv/bin/python bench/serve_load.py --model RUN --requests 10000 --max-seconds 0
     .venv/bin/python bench/serve_load.py --model RUN --requests 200 --no-write   # smoke run
-
-Two more phases, chosen with ``--phases`` (default ``load,predict``: the two above):
-
-* ``fairness``: one POST /predict of ``--big-texts`` texts of ``--big-chars`` characters (the
-  default limits: 64 x 20,000), and while it runs, short requests (one sentence each) from
-  ``--short-clients`` clients one after another: their p50 / p99 / max latency, and the large
-  request's time; then the same behind one POST /explain of an ``--explain-chars`` text;
-* ``soak``: a mixed load (sentences, reviews, explains, texts of random lengths up to 20,000
-  characters, words never seen before) from ``--soak-clients`` clients for ``--soak-seconds``
-  (at most ``--soak-requests`` requests), with the server's resident memory every
-  ``--soak-every`` seconds.
-
     .venv/bin/python bench/serve_load.py --model RUN --phases fairness,soak
-
-Every request goes to 127.0.0.1. The load generator shares the machine with the server: on 2
-cores the client's own CPU use is part of what is measured (noted in the section).
 """
 
 from __future__ import annotations
@@ -48,24 +28,17 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
 import shlex  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
-from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from benchlib import cpu_description, git_commit  # noqa: E402
+from benchlib import TreeMemory, append_results, cpu_description, serve, utc_now, versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SENTENCES = DATA / "trec6" / "test.csv"
 REVIEWS = DATA / "imdb_sample" / "texts.csv"
-ULMFIT = str(Path(sys.executable).parent / "ulmfit")
 CALL = 64  # texts per Predictor.predict call in the throughput test (one batch of bs 64)
 
 
@@ -75,74 +48,6 @@ def _texts(path: Path, col: str = "text") -> list[str]:
     if not texts:
         raise SystemExit(f"{path}: no texts in column {col!r}")
     return texts
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Memory:
-    """Resident memory of a process, sampled in a thread: start (after warm-up), now, peak."""
-
-    def __init__(self, pid: int, every: float = 0.2) -> None:
-        import psutil
-
-        self.proc, self.every = psutil.Process(pid), every
-        self.t0 = time.perf_counter()
-        self.samples = [(0.0, self.now())]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def now(self) -> int:
-        return self.proc.memory_info().rss
-
-    @property
-    def peak(self) -> int:
-        return max(rss for _, rss in self.samples)
-
-    def at(self, fraction: float) -> int:
-        """The sample nearest to ``fraction`` of the time sampled so far."""
-        t = fraction * self.samples[-1][0]
-        return min(self.samples, key=lambda s: abs(s[0] - t))[1]
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self.samples.append((time.perf_counter() - self.t0, self.now()))
-            except Exception:  # noqa: BLE001 - the server exited
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-
-
-def start_server(model: str, port: int, device: str, max_texts: int, threads: int | None) -> tuple:
-    """``(process, command)`` of `ulmfit serve` once /health answers."""
-    import httpx
-
-    cmd = [ULMFIT, "serve", model, "--port", str(port), "--log-level", "warning"]
-    cmd += ["--device", device, "--max-texts", str(max(64, max_texts))]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(
-                f"the server exited ({proc.returncode}):\n{proc.stderr.read()[-3000:]}"
-            )
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc, cmd
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    proc.kill()
-    raise SystemExit("the server did not answer /health within 180 s")
 
 
 async def _load(
@@ -163,35 +68,35 @@ async def _load(
             issued += 1
             batch = [texts[(k * per + j) % len(texts)] for j in range(per)]
             start = time.perf_counter()
-            try:
-                r = await http.post(url, json={"texts": batch})
-                ok = r.status_code == 200 and len(r.json()["predictions"]) == per
-                if not ok:
-                    errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
-            except Exception as e:  # noqa: BLE001 - counted, reported
-                errors.append(f"{type(e).__name__}: {e}")
+            await _post(http, url, {"texts": batch}, errors, per)
             latencies.append(time.perf_counter() - start)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(limits=limits, timeout=300) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
     wall = time.perf_counter() - t0
-    latencies.sort()
-
-    def pct(q: float) -> float:
-        return 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))]
-
     return {
         "requests": len(latencies),
         "asked": requests,
         "wall_s": wall,
         "req_per_s": len(latencies) / wall,
         "texts_per_s": len(latencies) * per / wall,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
+        "p50_ms": 1000 * _pct(latencies, 0.50),
+        "p99_ms": 1000 * _pct(latencies, 0.99),
         "errors": len(errors),
         "first_errors": errors[:3],
     }
+
+
+async def _post(http, url: str, body: dict, errors: list[str], n: int | None = None) -> None:
+    """POST ``body``: an answer other than 200 (or with other than ``n`` predictions), or an
+    exception, goes into ``errors``."""
+    try:
+        r = await http.post(url, json=body)
+        if r.status_code != 200 or (n is not None and len(r.json()["predictions"]) != n):
+            errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
+    except Exception as e:  # noqa: BLE001 - counted, reported
+        errors.append(f"{type(e).__name__}: {e}")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -284,10 +189,10 @@ def _soak_request(rng: random.Random, lengths: dict) -> tuple[str, dict]:
     return "/predict", {"texts": [_long_text(reviews, rng.randint(2_000, 20_000), rng.random())]}
 
 
-async def _soak(base: str, lengths: dict, a: argparse.Namespace, mem: Memory) -> dict:
+async def _soak(base: str, lengths: dict, a: argparse.Namespace, mem: TreeMemory) -> dict:
     import httpx
 
-    counts = {"done": 0, "errors": 0}
+    counts = {"done": 0}
     errors: list[str] = []
     marks: list[tuple[float, int, int]] = []  # (seconds, requests done, rss)
     t0 = time.perf_counter()
@@ -297,26 +202,20 @@ async def _soak(base: str, lengths: dict, a: argparse.Namespace, mem: Memory) ->
         async with httpx.AsyncClient(timeout=300) as http:
             while counts["done"] < a.soak_requests and time.perf_counter() - t0 < a.soak_seconds:
                 path, body = _soak_request(rng, lengths)
-                try:
-                    r = await http.post(base + path, json=body)
-                    if r.status_code != 200:
-                        counts["errors"] += 1
-                        errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
-                except Exception as e:  # noqa: BLE001 - counted, reported
-                    counts["errors"] += 1
-                    errors.append(f"{type(e).__name__}: {e}")
+                await _post(http, base + path, body, errors)
                 counts["done"] += 1
 
     async def marker() -> None:
         while True:
-            marks.append((time.perf_counter() - t0, counts["done"], mem.now()))
+            marks.append((time.perf_counter() - t0, counts["done"], mem.now()[0]))
             await asyncio.sleep(a.soak_every)
 
     mark = asyncio.ensure_future(marker())
     await asyncio.gather(*(client(c) for c in range(a.soak_clients)))
     mark.cancel()
-    marks.append((time.perf_counter() - t0, counts["done"], mem.now()))
-    return {**counts, "marks": marks, "first_errors": errors[:3], "peak": mem.peak}
+    marks.append((time.perf_counter() - t0, counts["done"], mem.now()[0]))
+    return {**counts, "errors": len(errors), "marks": marks, "first_errors": errors[:3],
+            "peak": mem.peak}  # fmt: skip
 
 
 def _fairness_lines(rows: list[tuple[str, dict]], a: argparse.Namespace) -> list[str]:
@@ -366,16 +265,6 @@ def predict_throughput(model: str, texts: list[str], docs: int, device: str, max
         done += n
     wall = time.perf_counter() - t0
     return {"docs": done, "seconds": wall, "docs_per_s": done / wall}
-
-
-def _versions() -> str:
-    import torch
-
-    return (
-        f"python {platform.python_version()}; torch {torch.__version__}; fastapi "
-        f"{version('fastapi')}; uvicorn {version('uvicorn')}; httpx {version('httpx')} (client); "
-        f"ulmfit commit {git_commit()}"
-    )
 
 
 def _mb(n: int) -> str:
@@ -448,13 +337,13 @@ def load_phases(url: str, pid: int, lengths: dict, a: argparse.Namespace) -> lis
     for name, texts in lengths.items():
         # warm-up: every batch shape the phase will see, then the memory baseline
         asyncio.run(_load(url, texts, a.clients, a.clients, a.texts_per_request, 0))
-        mem = Memory(pid)
-        before = mem.now()
+        mem = TreeMemory(pid, interval=0.2)
+        before = mem.samples[0][1]
         res = asyncio.run(
             _load(url, texts, a.requests, a.clients, a.texts_per_request, a.max_seconds)
         )
         mem.stop()
-        mem.samples.append((time.perf_counter() - mem.t0, mem.now()))
+        mem.sample()
         res.update(rss_start=before, rss_half=mem.at(0.5), rss_end=mem.samples[-1][1])
         res["rss_peak"] = mem.peak
         res["chars"] = sum(map(len, texts)) / len(texts)
@@ -499,29 +388,24 @@ def _predict_lines(pred: dict, a: argparse.Namespace) -> list[str]:
 def main() -> None:
     a = _args()
     lengths = {"sentence": _texts(a.sentences), "review": _texts(a.reviews)}
-    start = datetime.now(timezone.utc)
+    start = utc_now()
     model_desc = _model_desc(a.model)
 
-    port = _free_port()
-    proc, server_cmd = start_server(a.model, port, a.device, a.texts_per_request, a.server_threads)
-    base = f"http://127.0.0.1:{port}"
+    options = ["--log-level", "warning", "--device", a.device]
+    options += ["--max-texts", str(max(64, a.texts_per_request))]
+    options += ["--threads", str(a.server_threads)] if a.server_threads else []
     rows, fair, soak = [], [], None
-    try:
+    with serve(a.model, *options) as (proc, port, server_cmd):
+        base = f"http://127.0.0.1:{port}"
         if "load" in a.phases:
             rows = load_phases(base + "/predict", proc.pid, lengths, a)
         if "fairness" in a.phases:
             fair = fairness(base, lengths, a)
         if "soak" in a.phases:
-            mem = Memory(proc.pid)
+            mem = TreeMemory(proc.pid, interval=0.2)
             soak = asyncio.run(_soak(base, lengths, a, mem))
             mem.stop()
             print(f"soak: {json.dumps(soak)}", file=sys.stderr, flush=True)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     pred = {}
     for name, texts in lengths.items() if "predict" in a.phases else ():
         pred[name] = predict_throughput(a.model, texts, a.predict_docs, a.device, a.predict_seconds)
@@ -530,9 +414,9 @@ def main() -> None:
     argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
     server = " ".join(shlex.quote(x) for x in [Path(server_cmd[0]).name, *server_cmd[1:]])
     lines = [
-        f"## Serving under load ({start:%Y-%m-%d %H:%M} UTC)",
+        f"## Serving under load ({start})",
         "",
-        f"Machine: {cpu_description()}; {_versions()}.",
+        f"Machine: {cpu_description()}; {versions('fastapi', 'uvicorn', 'httpx')}.",
         f"Model: {model_desc}.",
         f"Command: `.venv/bin/python bench/serve_load.py {argv}`; server: `{server}` on "
         f"loopback; phases {', '.join(a.phases)}. Load: {a.clients} concurrent keep-alive "
@@ -550,8 +434,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not a.no_write:
-        with open(REPO / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+        append_results(text)
 
 
 if __name__ == "__main__":

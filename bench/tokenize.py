@@ -1,31 +1,14 @@
 """Tokenization benchmark: ours (`ulmfit prepare`) vs fastai 2.8's `tokenize_texts` vs spaCy's bare
 tokenizer, side by side in one run, on the 100,000 IMDb texts (train + test + unsup).
 
-Setup once (fastai lives only in the benchmark's own environment, never in the package's):
-
-    bash bench/setup_fastai_env.sh
-
-Run with the package's Python (psutil is needed: it is in the package's `test` extras):
-
+    bash bench/setup_fastai_env.sh                          # once: fastai in its own venv
     .venv/bin/python bench/tokenize.py                      # full run, appends to bench/RESULTS.md
     .venv/bin/python bench/tokenize.py --limit 2000 --no-write   # quick trial, nothing written
     .venv/bin/python bench/tokenize.py --repeat 3 --json    # medians of 3 runs, figures as JSON
 
-Every contender runs as a subprocess; a thread samples the summed RSS of its whole process tree
-(main process + workers) every 50 ms for the peak. Wall time is measured around each subprocess;
-each contender also reports its own time for the work itself ("seconds"), which is what the
-throughput figures and ratios use:
-
-- ours: the `seconds` printed by `ulmfit prepare ... --json` (first run with an empty cache dir,
-  then the same command again: the cached re-run);
-- fastai: the time of the `tokenize_texts(texts, n_workers=W)` call only (reading the CSVs with
-  pandas, importing fastai/torch and dumping the tokens are outside it);
-- spaCy: the time of `tokenizer.pipe(texts)` collecting `[t.text for t in doc]` (1 process, and W
-  processes with multiprocessing, pool start-up included).
-
-Token identity: our tokens come from `ulmfit tokenize FILE --text-col text --out F.jsonl
---workers W` (one JSON list per row); the fastai contender dumps its tokens the same way; all
-lists are compared and the number of differing documents is reported.
+Every contender is a subprocess, its process tree's memory sampled every 50 ms
+(benchlib.measure). What "seconds" and "wall s" mean is printed under the table. Token
+identity: `ulmfit tokenize` per file against fastai's dump, document by document.
 """
 # ruff: noqa: E402
 # This file has the name of the standard library's `tokenize` module (which `linecache`,
@@ -47,15 +30,12 @@ import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import tempfile
-import threading
 import time
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from benchlib import cpu_model, git_commit  # noqa: E402
+from benchlib import ULMFIT, append_results, cpu_model, git_commit, measure, utc_now  # noqa: E402
 
 REPO = Path(_HERE).parent
 SPLITS = ("train", "test", "unsup")
@@ -65,7 +45,7 @@ DEFAULT_RESULTS = REPO / "bench" / "RESULTS.md"
 TARGET_SPEEDUP = 4.0
 TARGET_CACHED = 50.0
 TARGET_RSS_MIB = 1024.0
-MIB = 1024 * 1024
+SHOW_DIFFS = 5  # differing documents printed
 
 
 class BenchError(Exception):
@@ -180,118 +160,26 @@ def worker_main(argv: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Measuring a subprocess: wall time and the peak summed RSS of its process tree
-# --------------------------------------------------------------------------------------------
-
-
-class TreeRSS(threading.Thread):
-    """Samples the summed RSS (and PSS) of a process and all its descendants until stopped.
-
-    Summed RSS counts pages shared by a parent and its forked workers once per process; PSS
-    splits them among the processes sharing them, so summed PSS is the tree's real footprint.
-    """
-
-    def __init__(self, pid: int, interval: float = 0.05):
-        super().__init__(daemon=True)
-        import psutil
-
-        self.psutil = psutil
-        self.root = psutil.Process(pid)
-        self.interval = interval
-        self.peak = 0
-        self.peak_pss = 0
-        self.samples = 0
-        self._halt = threading.Event()
-
-    def sample(self) -> None:
-        ps = self.psutil
-        try:
-            procs = [self.root, *self.root.children(recursive=True)]
-        except ps.NoSuchProcess:
-            return
-        rss = pss = 0
-        for proc in procs:
-            try:
-                m = proc.memory_full_info()
-                rss += m.rss
-                pss += getattr(m, "pss", m.rss)
-            except ps.AccessDenied:
-                with contextlib.suppress(ps.Error):
-                    m = proc.memory_info()
-                    rss += m.rss
-                    pss += m.rss
-            except ps.NoSuchProcess:
-                pass
-        self.samples += 1
-        self.peak = max(self.peak, rss)
-        self.peak_pss = max(self.peak_pss, pss)
-
-    def run(self) -> None:
-        while True:
-            self.sample()
-            if self._halt.wait(self.interval):
-                return
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-
-def run_measured(label: str, cmd: list[str], *, env=None, cwd=None) -> dict:
-    """Run `cmd`; return its stdout, wall seconds and peak tree RSS; BenchError if it fails."""
-    log(f"[bench] {label}: {shlex.join(cmd)}")
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.Popen(
-                cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd
-            )
-        except OSError as e:
-            raise BenchError(f"{label}: cannot start {cmd[0]}: {e}") from None
-        sampler = TreeRSS(proc.pid)
-        sampler.start()
-        rc = proc.wait()
-        wall = time.perf_counter() - t0
-        sampler.stop()
-        out.seek(0)
-        err.seek(0)
-        stdout = out.read().decode("utf-8", "replace")
-        stderr = err.read().decode("utf-8", "replace")
-    if rc != 0:
-        tail = "\n".join(stderr.strip().splitlines()[-25:])
-        raise BenchError(f"{label} failed (exit {rc}): {shlex.join(cmd)}\n{tail}")
-    peak, pss = sampler.peak / MIB, sampler.peak_pss / MIB
-    log(f"[bench] {label}: {wall:.2f} s wall, peak RSS {peak:.0f} MiB (PSS {pss:.0f} MiB)")
-    return {
-        "stdout": stdout,
-        "stderr": stderr,
-        "wall": wall,
-        "peak_rss_mib": peak,
-        "peak_pss_mib": pss,
-    }
-
-
-def last_json(stdout: str, label: str) -> dict:
-    """The JSON object a command printed (the whole output, or its last line that is one)."""
-    try:
-        obj = json.loads(stdout)
-        if isinstance(obj, dict):
-            return obj
-    except ValueError:
-        pass
-    for line in reversed(stdout.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    raise BenchError(f"{label}: no JSON object in its output:\n{stdout[-2000:]}")
-
-
-# --------------------------------------------------------------------------------------------
 # The harness
 # --------------------------------------------------------------------------------------------
+
+
+def run_measured(label: str, cmd: list[str], cwd: Path) -> dict:
+    """Run `cmd` (benchlib.measure: wall seconds, peak tree RSS and PSS); BenchError if it fails."""
+    log(f"[bench] {label}: {shlex.join(cmd)}")
+    try:
+        r = measure(cmd, pss=True, cwd=cwd)
+    except OSError as e:
+        raise BenchError(f"{label}: cannot start {cmd[0]}: {e}") from None
+    if r["rc"] != 0:
+        tail = "\n".join(r["stderr"].strip().splitlines()[-25:])
+        raise BenchError(f"{label} failed (exit {r['rc']}): {shlex.join(cmd)}\n{tail}")
+    peak, pss = r["peak_rss_mib"], r["peak_pss_mib"]
+    log(f"[bench] {label}: {r['wall']:.2f} s wall, peak RSS {peak:.0f} MiB (PSS {pss:.0f} MiB)")
+    lines = [ln for ln in r["stdout"].splitlines() if ln.startswith("{")]
+    if not lines:
+        raise BenchError(f"{label}: no JSON object in its output:\n{r['stdout'][-2000:]}")
+    return {**r, "json": json.loads(lines[-1])}
 
 
 def default_data() -> Path:
@@ -324,59 +212,20 @@ def input_files(data: Path, limit: int | None, work: Path) -> list[Path]:
     return out
 
 
-def ulmfit_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
-ULMFIT_CMD: list[str] | None = None  # set by --ulmfit-cmd
-
-
-def ulmfit_cmd() -> list[str]:
-    """`ulmfit` from the package environment, run on this checkout's code."""
-    if ULMFIT_CMD:
-        return list(ULMFIT_CMD)
-    exe = Path(sys.executable).with_name("ulmfit")
-    if exe.exists():
-        return [str(exe)]
-    return [sys.executable, "-c", "import sys; from ulmfit.cli import main; sys.exit(main())"]
-
-
-def check_ulmfit() -> None:
-    try:
-        r = subprocess.run(
-            [*ulmfit_cmd(), "--help"], env=ulmfit_env(), capture_output=True, text=True, timeout=120
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise BenchError(f"`ulmfit --help` did not run: {e}") from None
-    if r.returncode != 0:
-        raise BenchError(
-            "`ulmfit --help` failed; is the CLI there? (or leave it out: --contenders fastai,spacy)\n"
-            + r.stderr.strip()[-1500:]
-        )
-
-
 def machine_info() -> dict:
-    cpu = cpu_model()
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "os": f"{platform.system()} {platform.release()}",
-    }
-    try:
-        import psutil
+    import psutil
 
-        info["ram_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:
-        pass
-    try:
+    info = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "os": f"{platform.system()} {platform.release()}",
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+    with contextlib.suppress(OSError, ValueError):
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
         if limit != "max":
             info["cgroup_memory_limit_gib"] = round(int(limit) / 2**30, 1)
-    except (OSError, ValueError):
-        pass
     return info
 
 
@@ -385,17 +234,6 @@ def pkg_version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
-
-
-def ulmfit_version() -> str:
-    try:
-        text = (REPO / "ulmfit" / "version.py").read_text()
-        for line in text.splitlines():
-            if line.startswith("__version__"):
-                return line.split("=", 1)[1].strip().strip("\"'")
-    except OSError:
-        pass
-    return "unknown"
 
 
 def median_row(name: str, runs: list[dict]) -> dict:
@@ -598,14 +436,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--spacy-procs", default="1,2", help="process counts for the spaCy contender (default 1,2)"
     )
     p.add_argument("--fastai-python", type=Path, default=DEFAULT_FASTAI_PY)
-    p.add_argument(
-        "--ulmfit-cmd",
-        default=None,
-        help="how to run our CLI (default: the `ulmfit` script beside this Python, else "
-        "`python -c 'from ulmfit.cli import main; ...'`, with this checkout first on PYTHONPATH)",
-    )
     p.add_argument("--no-identity", action="store_true", help="skip the token comparison")
-    p.add_argument("--show-diffs", type=int, default=5, help="differing documents to print")
     p.add_argument(
         "--results", type=Path, default=DEFAULT_RESULTS, help="markdown file to append to"
     )
@@ -616,10 +447,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "default bench/RESULTS.md)",
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
-    p.add_argument(
-        "--tmp", type=Path, default=None, help="folder for the work dir (default: system tmp)"
-    )
-    p.add_argument("--keep-tmp", action="store_true", help="keep the work dir (caches, dumps)")
     a = p.parse_args(argv)
     a.contenders = [c.strip() for c in a.contenders.split(",") if c.strip()]
     bad = set(a.contenders) - {"ours", "fastai", "spacy"}
@@ -633,148 +460,135 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return a
 
 
+def run_ours(a, names: list[str], work: Path, rep: int, runs: dict) -> None:
+    """`ulmfit prepare` into an empty cache, then the same command again (the cached re-run)."""
+    cache = work / f"cache-{rep}"
+    cache.mkdir()
+    cmd = [ULMFIT, "prepare", *names, "--text-col", "text", "--workers", str(a.workers)]
+    cmd += ["--cache-dir", str(cache), "--json"]
+    for key, label in (("ours", "ours: first run"), ("ours_cached", "ours: cached")):
+        r = run_measured(label, cmd, work)
+        j = r["json"]
+        missing = [k for k in ("docs", "tokens", "seconds", "cached") if k not in j]
+        if missing:
+            raise BenchError(f"{label}: JSON lacks {missing}: {j}")
+        if bool(j["cached"]) != (key == "ours_cached"):
+            raise BenchError(f"{label}: unexpected cached={j['cached']!r}: {j}")
+        r.update(docs=j["docs"], tokens=j["tokens"], seconds=float(j["seconds"]))
+        runs.setdefault(key, []).append(r)
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def run_worker(py: str, kind: str, names: list[str], workers: int, label: str, work: Path,
+               dump: Path | None = None) -> dict:  # fmt: skip
+    """One run of a contender this file holds (`tokenize.py _worker KIND`) under ``py``."""
+    cmd = [py, __file__, "_worker", kind, *names, "--workers", str(workers)]
+    r = run_measured(label, cmd + (["--dump", str(dump)] if dump else []), work)
+    r.update(docs=r["json"]["docs"], tokens=r["json"]["tokens"], seconds=r["json"]["seconds"])
+    return r
+
+
+def identity(a, files: list[Path], work: Path, rows: dict) -> dict:
+    """`ulmfit tokenize` of each file, its tokens compared with fastai's dump."""
+    dumps = []
+    wall = peak = peak_pss = 0.0
+    for f in files:
+        out = work / f"ours-{f.name.split('.')[0]}.jsonl"
+        cmd = [ULMFIT, "tokenize", str(f), "--text-col", "text"]
+        cmd += ["--out", str(out), "--workers", str(a.workers)]
+        cmd += ["--cache-dir", str(work / "cache-tokenize"), "--json"]  # not the user's cache
+        r = run_measured(f"ours: tokenize {f.name}", cmd, work)
+        wall += r["wall"]
+        peak = max(peak, r["peak_rss_mib"])
+        peak_pss = max(peak_pss, r["peak_pss_mib"])
+        dumps.append(out)
+    ident = compare_tokens(dumps, work / "fastai.jsonl", SHOW_DIFFS)
+    ident.update(wall_seconds=wall, peak_rss_mib=peak, peak_pss_mib=peak_pss)
+    ours_tokens = ident["ours_tokens"]
+    if "ours" in rows and rows["ours"]["tokens"] != ours_tokens:
+        ident["note"] = (
+            f"`ulmfit tokenize` gave {ours_tokens:,} tokens but `prepare` reports "
+            f"{rows['ours']['tokens']:,}"
+        )
+    log(
+        f"[bench] identity: {ident['compared']:,} docs compared, {ident['differing']:,} differ"
+        + (f" ({ident['count_mismatch']})" if ident.get("count_mismatch") else "")
+    )
+    for ex in ident["examples"]:
+        log(f"[bench]   {ex}")
+    return ident
+
+
+def summarize(a, runs: dict) -> dict:
+    """One row per contender: medians over the repetitions, throughputs, ratios to fastai."""
+    labels = {
+        "ours": f"ours: `ulmfit prepare`, first run ({a.workers} workers)",
+        "ours_cached": "ours: `ulmfit prepare`, cached re-run",
+        "fastai": f"fastai 2.8 `tokenize_texts` ({a.workers} workers)",
+    }
+    for procs in a.spacy_procs:
+        labels[f"spacy{procs}"] = f"spaCy bare tokenizer ({procs} process{'es' * (procs > 1)})"
+    rows = {k: median_row(labels[k], v) for k, v in runs.items()}
+    for r in rows.values():
+        r["docs_per_s"] = r["docs"] / r["seconds"] if r["seconds"] > 0 else float("inf")
+        r["tokens_per_s"] = r["tokens"] / r["seconds"] if r["seconds"] > 0 else float("inf")
+    if "fastai" in rows:
+        for r in rows.values():
+            r["vs_fastai"] = r["docs_per_s"] / rows["fastai"]["docs_per_s"]
+    return rows
+
+
+def measure_all(a, data: Path, work: Path) -> tuple[dict, dict, dict | None, dict | None]:
+    """Every contender ``a.repeat`` times: (runs, rows, identity, fastai's versions)."""
+    files = input_files(data, a.limit, work)
+    for f in files:  # warm the page cache so that no contender pays for the first read
+        with open(f, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    names = [str(f) for f in files]
+    check = not a.no_identity and {"ours", "fastai"} <= set(a.contenders)
+    runs: dict[str, list[dict]] = {}
+    fastai_versions = None
+    for rep in range(a.repeat):
+        log(f"[bench] repetition {rep + 1}/{a.repeat}")
+        if "ours" in a.contenders:
+            run_ours(a, names, work, rep, runs)
+        if "fastai" in a.contenders:
+            dump = work / "fastai.jsonl" if check and rep == 0 else None
+            r = run_worker(str(a.fastai_python), "fastai", names, a.workers,
+                           "fastai tokenize_texts", work, dump)  # fmt: skip
+            fastai_versions = r["json"]["versions"]
+            runs.setdefault("fastai", []).append(r)
+        for procs in a.spacy_procs if "spacy" in a.contenders else ():
+            label = f"spaCy bare tokenizer, {procs} proc"
+            r = run_worker(sys.executable, "spacy", names, procs, label, work)
+            runs.setdefault(f"spacy{procs}", []).append(r)
+    rows = summarize(a, runs)
+    ident = identity(a, files, work, rows) if check else None
+    return runs, rows, ident, fastai_versions
+
+
 def bench(a: argparse.Namespace) -> dict:
-    try:
-        import psutil  # noqa: F401
-    except ImportError:
-        raise BenchError(
-            "psutil is needed to measure RSS: .venv/bin/pip install psutil (in the test extras)"
-        ) from None
     data = a.data or default_data()
     if "fastai" in a.contenders and not a.fastai_python.exists():
         raise BenchError(
             f"{a.fastai_python} not found: run `bash bench/setup_fastai_env.sh` first "
             "(or leave fastai out with --contenders)"
         )
-    if "ours" in a.contenders:
-        check_ulmfit()
-    identity = not a.no_identity and {"ours", "fastai"} <= set(a.contenders)
-
-    work = Path(tempfile.mkdtemp(prefix="ulmfit-bench-", dir=a.tmp))
-    log(f"[bench] work dir {work}")
-    try:
-        files = input_files(data, a.limit, work)
-        for f in files:  # warm the page cache so that no contender pays for the first read
-            with open(f, "rb") as fh:
-                while fh.read(1 << 24):
-                    pass
-        names = [str(f) for f in files]
-        runs: dict[str, list[dict]] = {}
-        fastai_versions = None
-        fastai_dump = work / "fastai.jsonl"
-        env_ours = ulmfit_env()
-
-        for rep in range(a.repeat):
-            log(f"[bench] repetition {rep + 1}/{a.repeat}")
-            if "ours" in a.contenders:
-                cache = work / f"cache-{rep}"
-                cache.mkdir()
-                cmd = [
-                    *ulmfit_cmd(),
-                    "prepare",
-                    *names,
-                    "--text-col",
-                    "text",
-                    "--workers",
-                    str(a.workers),
-                    "--cache-dir",
-                    str(cache),
-                    "--json",
-                ]
-                for key, label in (("ours", "ours: first run"), ("ours_cached", "ours: cached")):
-                    r = run_measured(label, cmd, env=env_ours, cwd=work)
-                    j = last_json(r["stdout"], label)
-                    missing = [k for k in ("docs", "tokens", "seconds", "cached") if k not in j]
-                    if missing:
-                        raise BenchError(f"{label}: JSON lacks {missing}: {j}")
-                    if bool(j["cached"]) != (key == "ours_cached"):
-                        raise BenchError(f"{label}: unexpected cached={j['cached']!r}: {j}")
-                    r.update(
-                        docs=j["docs"], tokens=j["tokens"], seconds=float(j["seconds"]), json=j
-                    )
-                    runs.setdefault(key, []).append(r)
-                shutil.rmtree(cache, ignore_errors=True)
-            if "fastai" in a.contenders:
-                cmd = [str(a.fastai_python), __file__, "_worker", "fastai", *names]
-                cmd += ["--workers", str(a.workers)]
-                if identity and rep == 0:
-                    cmd += ["--dump", str(fastai_dump)]
-                r = run_measured("fastai tokenize_texts", cmd, cwd=work)
-                j = last_json(r["stdout"], "fastai")
-                r.update(docs=j["docs"], tokens=j["tokens"], seconds=j["seconds"])
-                fastai_versions = j["versions"]
-                runs.setdefault("fastai", []).append(r)
-            if "spacy" in a.contenders:
-                for procs in a.spacy_procs:
-                    cmd = [sys.executable, __file__, "_worker", "spacy", *names]
-                    cmd += ["--workers", str(procs)]
-                    r = run_measured(f"spaCy bare tokenizer, {procs} proc", cmd, cwd=work)
-                    j = last_json(r["stdout"], "spacy")
-                    r.update(docs=j["docs"], tokens=j["tokens"], seconds=j["seconds"])
-                    runs.setdefault(f"spacy{procs}", []).append(r)
-
-        labels = {
-            "ours": f"ours: `ulmfit prepare`, first run ({a.workers} workers)",
-            "ours_cached": "ours: `ulmfit prepare`, cached re-run",
-            "fastai": f"fastai 2.8 `tokenize_texts` ({a.workers} workers)",
-        }
-        for procs in a.spacy_procs:
-            labels[f"spacy{procs}"] = f"spaCy bare tokenizer ({procs} process{'es' * (procs > 1)})"
-        rows = {k: median_row(labels[k], v) for k, v in runs.items()}
-        for r in rows.values():
-            r["docs_per_s"] = r["docs"] / r["seconds"] if r["seconds"] > 0 else float("inf")
-            r["tokens_per_s"] = r["tokens"] / r["seconds"] if r["seconds"] > 0 else float("inf")
-        if "fastai" in rows:
-            for r in rows.values():
-                r["vs_fastai"] = r["docs_per_s"] / rows["fastai"]["docs_per_s"]
-
-        ident = None
-        if identity:
-            dumps = []
-            wall = peak = peak_pss = 0.0
-            for f in files:
-                out = work / f"ours-{f.name.split('.')[0]}.jsonl"
-                cmd = [*ulmfit_cmd(), "tokenize", str(f), "--text-col", "text"]
-                cmd += ["--out", str(out), "--workers", str(a.workers)]
-                cmd += ["--cache-dir", str(work / "cache-tokenize")]  # not the user's cache
-                r = run_measured(f"ours: tokenize {f.name}", cmd, env=env_ours, cwd=work)
-                wall += r["wall"]
-                peak = max(peak, r["peak_rss_mib"])
-                peak_pss = max(peak_pss, r["peak_pss_mib"])
-                dumps.append(out)
-            ident = compare_tokens(dumps, fastai_dump, a.show_diffs)
-            ident.update(wall_seconds=wall, peak_rss_mib=peak, peak_pss_mib=peak_pss)
-            ours_tokens = ident["ours_tokens"]
-            if "ours" in rows and rows["ours"]["tokens"] != ours_tokens:
-                ident["note"] = (
-                    f"`ulmfit tokenize` gave {ours_tokens:,} tokens but `prepare` reports "
-                    f"{rows['ours']['tokens']:,}"
-                )
-            log(
-                f"[bench] identity: {ident['compared']:,} docs compared, {ident['differing']:,} differ"
-                + (f" ({ident['count_mismatch']})" if ident.get("count_mismatch") else "")
-            )
-            for ex in ident["examples"]:
-                log(f"[bench]   {ex}")
-    finally:
-        if a.keep_tmp:
-            log(f"[bench] kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
+    with tempfile.TemporaryDirectory(prefix="ulmfit-bench-") as work:
+        runs, rows, ident, fastai_versions = measure_all(a, data, Path(work))
     docs_in = {r["docs"] for r in rows.values()}
     if len(docs_in) > 1:
         log(f"[bench] WARNING: contenders saw different numbers of docs: {sorted(docs_in)}")
     if a.limit is None and docs_in != {FULL_DOCS}:
         log(f"[bench] WARNING: expected {FULL_DOCS:,} docs, got {sorted(docs_in)}")
-
     order = ["ours", "ours_cached", "fastai", *[f"spacy{p}" for p in a.spacy_procs]]
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "machine": machine_info(),
         "versions": {
             "python": platform.python_version(),
-            "ulmfit": ulmfit_version(),
+            "ulmfit": pkg_version("ulmfit"),
             "ulmfit_commit": git_commit(),
             "spacy": pkg_version("spacy"),
             "torch": pkg_version("torch"),
@@ -799,10 +613,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_worker"]:
         return worker_main(argv[1:])
     a = parse_args(argv)
-    global ULMFIT_CMD
-    ULMFIT_CMD = shlex.split(a.ulmfit_cmd) if a.ulmfit_cmd else None
-    if ULMFIT_CMD and os.sep in ULMFIT_CMD[0]:  # the contenders run in a work dir elsewhere
-        ULMFIT_CMD[0] = os.path.abspath(ULMFIT_CMD[0])
     a.fastai_python = a.fastai_python.absolute()
     try:
         fig = bench(a)
@@ -815,13 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.limit is not None and a.results == DEFAULT_RESULTS and not a.no_write:
         log(f"[bench] trial (--limit): not appended to {a.results}; use --results FILE to keep it")
     elif not a.no_write:
-        new = not a.results.exists()
-        with open(a.results, "a", encoding="utf-8") as f:
-            if new:
-                f.write(
-                    "# Benchmarks\n\nSections are appended by the benchmark scripts in bench/.\n\n"
-                )
-            f.write(md + "\n")
+        append_results(md, a.results)
         log(f"[bench] appended to {a.results}")
     if a.json:
         print(json.dumps(fig, indent=2))

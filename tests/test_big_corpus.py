@@ -5,7 +5,7 @@ The corpus is generated (bench/big_corpus.py). ``ULMFIT_BIG_CORPUS_MB`` sets the
 the two sizes (default 16: tokenizing it takes ~15 s on two busy cores); the smaller is a
 quarter of it. Memory is the peak anonymous RSS of the process tree (see the bench), so if
 either command held the corpus in RAM the larger run would need ~4x the corpus-dependent part.
-The multi-GB run is ``python bench/big_corpus.py --gb 8 --limit-gb 6``."""
+The multi-GB run is ``sudo python bench/big_corpus.py --gb 8 --cgroup-gb 2``."""
 
 import importlib.util
 import os
