@@ -294,7 +294,7 @@ def _table(rows: list[tuple[Case, Outcome]]) -> str:
 def _append_results(table: str, rows, started: str, seconds: float) -> None:
     failed = [f"- [{c.group}] {c.name}: {o.why}" for c, o in rows if not o.ok]
     text = (
-        f"\n## Bad inputs, faults and hostile requests ({started})\n\n"
+        f"\n## Bad inputs no test covers ({started})\n\n"
         f"Machine: {cpu_description()}; ulmfit commit {git_commit()}; Python {sys.version.split()[0]}.\n"
         f"Command: `.venv/bin/python bench/bad_inputs.py --results` ({seconds:.0f} s).\n"
         "Clean: exit 2 with one `ulmfit: error:` line, no traceback, within the case's time "
