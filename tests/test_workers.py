@@ -34,11 +34,23 @@ def corpus(folder: Path, lines: int = 300_000) -> Path:
     return path
 
 
+def _ctrl_c_at_its_default() -> None:
+    """As a terminal starts a command: SIGINT at its default action. A test run started in
+    the background from a script (``cmd &``) ignores SIGINT, every child inherits that, and a
+    Python started with SIGINT ignored keeps ignoring it (so Ctrl-C could not be tested)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_prepare(path: Path, cache: Path, *extra: str) -> subprocess.Popen:
     """``ulmfit prepare`` in a process group of its own (as a terminal starts a command)."""
     cmd = [ULMFIT, "prepare", str(path), "--workers", "2", "--cache-dir", str(cache), *extra]
     return subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_ctrl_c_at_its_default,
     )
 
 
