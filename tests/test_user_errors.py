@@ -316,8 +316,9 @@ def test_empty_text_follows_the_rule_of_files(capsys, models, tmp_path):
 # ---------------------------------------------------------------------------------------
 
 
-def _digest(folder: Path) -> dict[str, bytes]:
-    return {str(f): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+def _digest(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` (an empty folder left behind counts too) and its bytes."""
+    return {str(f): f.read_bytes() if f.is_file() else None for f in sorted(folder.rglob("*"))}
 
 
 @pytest.fixture
