@@ -308,3 +308,120 @@ def test_empty_text_follows_the_rule_of_files(capsys, models, tmp_path):
     code, out, err = run(capsys, "predict", models["single"], file, "--device", "cpu")
     assert code == 0 and len(out.strip().splitlines()) == 1
     assert "1 row(s) without text skipped: 2" in err
+
+
+# ---------------------------------------------------------------------------------------
+# The rest of the user mistakes (once bench/bad_inputs.py's catalogue): each run in a folder
+# of its own, which must be left exactly as it was
+# ---------------------------------------------------------------------------------------
+
+
+def _digest(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` (an empty folder left behind counts too) and its bytes."""
+    return {str(f): f.read_bytes() if f.is_file() else None for f in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def workspace(inputs, models, tmp_path, monkeypatch) -> Path:
+    """The catalogue's files in ``tmp_path/ws`` (the working directory, cache outside it):
+    the ``inputs`` fixture's train and test files, a copy of the tiny pretrained LM (``lm``)
+    and of the classifier (``run``), and the malformed inputs."""
+    ws = tmp_path / "ws"
+    shutil.copytree(Path(models["ensemble"]).parent / "pre_fwd", ws / "lm")
+    shutil.copytree(inputs["model"], ws / "run")
+    shutil.copy(inputs["train"], ws / "train.csv")
+    shutil.copy(inputs["test"], ws / "test.csv")
+    rows = trec_rows(50)
+    (ws / "binary.csv").write_bytes(bytes(range(256)) * 40)
+    (ws / "nolabel.csv").write_text("text\nhello\nworld\n")
+    write_csv(ws / "oneclass.csv", [{"text": r["text"], "label": "A"} for r in rows])
+    write_csv(ws / "unseen.csv", [{"text": rows[0]["text"], "label": "NEVER-SEEN"}])
+    (ws / "pickle.pth").write_bytes(b"\x80\x04\x95garbage")
+    monkeypatch.chdir(ws)
+    monkeypatch.setenv("ULMFIT_CACHE", str(tmp_path / "cache"))
+    return ws
+
+
+_FIT = ["fit", "--train", "train.csv", "--pretrained", "lm", "--workers", "1", "--device", "cpu"]
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        pytest.param(["prepare", "binary.csv"], "binary.csv", id="binary-file"),
+        pytest.param(["prepare", "train.csv", "--format", "xml"], "--format", id="unknown-format"),
+        pytest.param(["prepare", "lm"], "no .txt files", id="folder-of-no-texts"),
+        pytest.param(
+            ["fit", "--train", "nolabel.csv", "--pretrained", "lm", "--out", "r1"], "'label'",
+            id="fit-without-labels",
+        ),
+        pytest.param(
+            ["fit", "--train", "oneclass.csv", "--pretrained", "lm", "--out", "r2"], "two classes",
+            id="one-class-only",
+        ),
+        pytest.param(
+            ["evaluate", "run", "unseen.csv", "--device", "cpu"], "NEVER-SEEN",
+            id="test-label-unseen-in-training",
+        ),
+        pytest.param(["predict", "run", "--text", "hi", "--bs", "0"], "--bs", id="predict-bs-0"),
+        pytest.param([*_FIT, "--out", "s6", "--lr", "nan"], "--lr", id="fit-lr-nan"),
+        pytest.param(["fit", "--trian", "train.csv"], "", id="unknown-option"),
+        pytest.param(
+            ["lm-eval", "pickle.pth", "train.csv", "--vocab", "lm/vocab.json"], "pickle.pth",
+            id="pickled-pth-as-pretrained",
+        ),
+        pytest.param(
+            ["fit", "--train", "train.csv", "--pretrained", "nope", "--out", "m1"], "nope",
+            id="pretrained-path-missing",
+        ),
+    ],
+)  # fmt: skip
+def test_user_mistake_is_one_line_and_writes_nothing(capsys, workspace, argv, needle):
+    before = _digest(workspace)
+    code, _, err = run(capsys, *argv)
+    assert "Traceback" not in err, err
+    one_line_error(code, err, *([needle] if needle else []))
+    assert _digest(workspace) == before
+
+
+@pytest.mark.parametrize("device", ["cuda", "tpu"])
+def test_lm_eval_on_a_missing_device_is_one_line(capsys, workspace, device):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    before = _digest(workspace)
+    code, _, err = run(capsys, "lm-eval", "lm", "train.csv", "--device", device)
+    assert "Traceback" not in err, err
+    one_line_error(code, err, "--device")
+    assert _digest(workspace) == before
+
+
+_MODEL_DAMAGE = {
+    "no-config": lambda d: (d / "config.json").unlink(),
+    "bad-json": lambda d: (d / "config.json").write_text("{nope"),
+    "no-vocab": lambda d: (d / "vocab.json").unlink(),
+}
+
+
+@pytest.mark.parametrize(
+    "damage, command",
+    [
+        ("no-config", "predict"),
+        ("no-config", "evaluate"),
+        ("bad-json", "evaluate"),  # bad-json with predict: test_predict.py::test_predict_cli_errors
+        ("no-vocab", "predict"),
+        ("no-vocab", "evaluate"),
+    ],
+)
+def test_incomplete_model_dir_is_one_line(capsys, workspace, damage, command):
+    model = workspace / f"damaged-{damage}"
+    shutil.copytree(workspace / "run" / "model", model)
+    _MODEL_DAMAGE[damage](model)
+    argv = {
+        "predict": ["predict", model.name, "--text", "Who wrote Hamlet ?", "--device", "cpu"],
+        "evaluate": ["evaluate", model.name, "test.csv", "--device", "cpu"],
+    }[command]
+    before = _digest(workspace)
+    code, out, err = run(capsys, *argv)
+    assert "Traceback" not in err, err
+    one_line_error(code, err, "vocab.json" if damage == "no-vocab" else "config.json")
+    assert out == "" and _digest(workspace) == before
