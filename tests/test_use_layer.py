@@ -13,19 +13,27 @@ import ulmfit
 PKG = Path(ulmfit.__file__).parent
 
 
+def _module(file: Path) -> str:
+    return ".".join(("ulmfit", *file.relative_to(PKG).with_suffix("").parts)).removesuffix(
+        ".__init__"
+    )
+
+
+MODULES = {_module(f): f for f in PKG.rglob("*.py")}
+
+
 def _imports(file: Path) -> set[str]:
-    """Every module ``file`` imports, function-level imports included."""
+    """Every module ``file`` imports, function-level imports included; ``from pkg import mod``
+    counts as ``pkg.mod``, not as the package (whose ``__init__`` would otherwise stand in
+    every circle)."""
     out = set()
     for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
-            out.add(node.module)
+            subs = {f"{node.module}.{a.name}" for a in node.names} & MODULES.keys()
+            out.update(subs or {node.module})
     return out
-
-
-def _module(file: Path) -> str:
-    return ".".join(("ulmfit", *file.relative_to(PKG).with_suffix("").parts))
 
 
 def test_the_use_layer_imports_nothing_from_tasks():
@@ -80,20 +88,11 @@ print(json.dumps(sorted(m for m in ("torch", "matplotlib.pyplot") if m in sys.mo
 
 
 def _graph() -> dict[str, set[str]]:
-    """Module -> the ulmfit modules it imports (``from pkg import mod`` counts as ``pkg.mod``,
-    not as the package, whose ``__init__`` would otherwise stand in every circle)."""
-    files = {_module(f).removesuffix(".__init__"): f for f in PKG.rglob("*.py")}
-    graph = {}
-    for name, file in files.items():
-        deps = set()
-        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                deps.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                subs = {f"{node.module}.{a.name}" for a in node.names} & files.keys()
-                deps.update(subs or {node.module})
-        graph[name] = {d for d in deps if d in files and d != name}
-    return graph
+    """Module -> the ulmfit modules it imports (see :func:`_imports`)."""
+    return {
+        name: {d for d in _imports(file) if d in MODULES and d != name}
+        for name, file in MODULES.items()
+    }
 
 
 def test_no_import_circle_between_modules():
