@@ -49,6 +49,10 @@ def _pretrain_argv(root: Path, out: str, bs: int, epochs: int, *extra: str) -> l
         "--cache-dir",
         str(root / "cache"),
         "--json",
+        # fp32: one process and two must agree to float rounding (bf16 rounding would hide a
+        # real difference in the order the gradients are summed)
+        "--amp",
+        "off",
         *extra,
     ]
 

@@ -34,7 +34,6 @@ from ulmfit.train import (
     ulmfit_lrs,
 )
 from ulmfit.train import optim as optim_mod
-from ulmfit.train.amp import AmpPlan, amp_plan
 from ulmfit.train.lr_find import lr_find, steepest, valley
 
 TESTS = Path(__file__).resolve().parent
@@ -233,7 +232,8 @@ def test_lm_learns_and_writes_logs_plot_checkpoint(tmp_path, capsys):
     learner = make_lm_learner(tmp_path, plot=True, verbose=True)
     learner.fit_one_cycle(5, 3e-2)
     summary = capsys.readouterr().err.splitlines()
-    assert len(summary) == 5 and summary[-1].startswith("epoch 5/5  train_loss ")
+    assert summary[0].startswith("training in ")  # the precision and why
+    assert len(summary) == 6 and summary[-1].startswith("epoch 5/5  train_loss ")
     assert "valid_loss" in summary[-1] and "perplexity" in summary[-1]
     hist = learner.history
     assert [h["epoch"] for h in hist] == list(range(5))
@@ -430,20 +430,9 @@ def test_suggestion_rules():
 # -- mixed precision -------------------------------------------------------------------------
 
 
-def test_amp_plan():
-    assert amp_plan("cpu", "auto") == AmpPlan(None, False)
-    assert amp_plan("cpu", "fp16") == AmpPlan(None, False)  # nothing on CPU
-    assert amp_plan("cuda", "auto", bf16_supported=True) == AmpPlan(torch.bfloat16, False)
-    assert amp_plan("cuda", "auto", bf16_supported=False) == AmpPlan(torch.float16, True)
-    assert amp_plan("cuda", "fp16", bf16_supported=True) == AmpPlan(torch.float16, True)
-    assert amp_plan("cuda", "off", bf16_supported=True) == AmpPlan(None, False)
-    with pytest.raises(UserError):
-        amp_plan("cuda", "fp8")
-
-
 def test_amp_code_path_runs_on_cpu(tmp_path):
-    """Autocast + GradScaler (scale, unscale for clipping, step, update) on a tiny linear model;
-    CPU autocast stands in for CUDA here, the Learner itself never enables it on CPU."""
+    """Autocast + GradScaler (scale, unscale for clipping, step, update) on a tiny linear model:
+    bf16 autocast on the CPU, and the GradScaler that only fp16 on CUDA gets, forced on."""
     x = torch.randn(64, 4)
     y = (x[:, 0] > 0).long()
     batches = [(x[i : i + 16], y[i : i + 16], torch.arange(i, i + 16)) for i in range(0, 64, 16)]
@@ -453,13 +442,12 @@ def test_amp_code_path_runs_on_cpu(tmp_path):
             pass
 
     loader = Batches(batches)
-    cfg = TrainConfig(progress=False, verbose=False, plot=False, device="cpu")
+    cfg = TrainConfig(progress=False, verbose=False, plot=False, device="cpu", amp="bf16")
     torch.manual_seed(0)
     learner = Learner(
         nn.Linear(4, 2), loader, loader, ClassifierTask(), out_dir=tmp_path, config=cfg
     )
-    assert learner.amp == AmpPlan(None, False) and not learner.scaler.is_enabled()
-    learner.amp = AmpPlan(torch.bfloat16, True)
+    assert learner.amp.dtype == torch.bfloat16 and not learner.scaler.is_enabled()
     learner.scaler = torch.amp.GradScaler("cpu", enabled=True)
     learner.fit_one_cycle(2, 1e-1)
     assert all(math.isfinite(h["train_loss"]) for h in learner.history)

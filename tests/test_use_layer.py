@@ -128,7 +128,7 @@ def test_no_module_over_700_lines():
 # README's layout, top to bottom: a module may import from its own layer or the ones above
 LAYERS = (
     ("ulmfit.version", "ulmfit.errors"),
-    ("ulmfit.devices", "ulmfit.options"),
+    ("ulmfit.devices", "ulmfit.options", "ulmfit.precision"),
     ("ulmfit.processes",),
     ("ulmfit.text.rules",),
     ("ulmfit.config",),

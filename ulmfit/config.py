@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from ulmfit.errors import UserError
 from ulmfit.options import fraction, int_at_least, nonnegative_float, positive_float
+from ulmfit.precision import AMP_MODES
 from ulmfit.text.rules import SPECIAL_TOKENS  # str rules only
 
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
@@ -143,7 +144,12 @@ class TrainConfig:
     # loop
     clip: float | None = 0.1  # max grad norm; 0.1 is fastai's AWD-LSTM LM setting
     seed: int = 42
-    amp: AmpMode = "auto"  # CUDA: bf16 if supported, else fp16 + GradScaler; CPU: off
+    amp: AmpMode = setting(
+        "auto",
+        "mixed precision (auto: bf16 on a CPU with bf16 units or a GPU with bf16, else fp16 on "
+        "a GPU and fp32 on a CPU; off: fp32)",
+        choices=list(AMP_MODES),
+    )
     compile: bool = False  # train through torch.compile(model) (first steps pay compilation)
     device: str | None = None  # None: cuda if available, else cpu
     progress: bool | None = None  # None: a bar only when stderr is a terminal
@@ -182,6 +188,7 @@ class LMTrainConfig:
     workers: int = PrepareConfig.workers  # tokenizer processes (0 = all cores)
     cache_dir: Path | None = None  # None = $ULMFIT_CACHE or ~/.cache/ulmfit
     device: str | None = None  # None = cuda if available
+    amp: AmpMode = like(TrainConfig, "amp")
     compile: bool = False  # train through torch.compile (GPU; the first steps compile)
     overwrite: bool = False  # replace an existing model directory at the target
     dry_run: bool = False  # every stage on a handful of rows, a few steps per epoch
@@ -268,6 +275,7 @@ class ClassifierConfig:
     )
     cache_dir: Path | None = setting(None, "cache folder", Path)
     device: str | None = None
+    amp: AmpMode = like(TrainConfig, "amp")
     compile: bool = False  # train through torch.compile (GPU; the first steps compile)
     label_kind: str | None = None  # "single" | "multi" | "float"; None: inferred
     dry_run: bool = False

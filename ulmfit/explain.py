@@ -114,7 +114,8 @@ def explain(predictor, text: str, target: str | None = None) -> dict:
             real = np.flatnonzero(ids != model.encoder.pad_idx)
             x = torch.as_tensor(ids[real], dtype=torch.long, device=predictor.device)
             emb = embed(model, x) if len(real) else None
-            logits = forward_from_embeddings(model, emb) if len(real) else None
+            with predictor.precision.autocast(x.device.type):
+                logits = forward_from_embeddings(model, emb) if len(real) else None
             runs.append((logits, emb, real, mconfig.get("direction", "fwd") == "bwd"))
         outs = [
             r[0].detach().float().cpu().numpy()

@@ -90,11 +90,15 @@ def doc_losses(
     bptt: int = 200,
     pad_id: int = 1,
     decode_rows: int = 4096,
+    amp: str = "auto",
 ) -> DocLosses:
     """Each document's next-token loss read alone from a fresh hidden state (``model.reset()``):
     ``model(doc[:-1])`` against ``doc[1:]``. Batched ``bs`` documents at a time (sorted by
     length, end-padded, padded targets ignored) in chunks of ``bptt`` tokens; exact up to
-    float rounding. ``decode_rows`` caps the positions decoded at once (memory: rows x vocab)."""
+    float rounding. ``decode_rows`` caps the positions decoded at once (memory: rows x vocab).
+    ``amp``: the model runs in that precision (:mod:`ulmfit.precision`), the losses in fp32."""
+    from ulmfit.precision import resolve_precision
+
     if bs < 1 or bptt < 1:
         raise UserError(f"bs and bptt must be positive, got bs={bs}, bptt={bptt}")
     n = len(docs)
@@ -104,11 +108,12 @@ def doc_losses(
     order = np.argsort(-pred, kind="stable")
     order = order[pred[order] > 0]
     device = _device(model)
+    autocast = resolve_precision(device.type, amp).autocast(device.type)
     was_training = model.training
     model.eval()
     enc, dec = model.encoder, model.decoder.decoder
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast:
             for b in range(0, len(order), bs):
                 idx = order[b : b + bs]
                 lens = pred[idx]  # descending
@@ -157,24 +162,29 @@ def lm_eval(
     bs: int = 64,
     bptt: int = 200,
     backwards: bool = False,
+    amp: str = "auto",
 ) -> dict:
     """Next-token ``loss`` (mean cross-entropy over every predicted token of every document),
     ``perplexity`` = exp(loss), top-1 ``accuracy``, ``tokens`` predicted, ``docs`` read and
     ``unk_rate`` (share of the text's tokens unknown to the model's vocabulary).
 
     ``data`` as for :func:`model_docs`; ``backwards`` reverses every document first (for a
-    backward model). Each document is read alone from a fresh hidden state."""
+    backward model). Each document is read alone from a fresh hidden state, in the precision
+    ``amp`` gives the model's device (see :mod:`ulmfit.precision`)."""
     if len(vocab) != model.vocab_sz:
         raise UserError(
             f"the vocabulary has {len(vocab)} tokens but the model {model.vocab_sz} output rows"
         )
     t0 = time.perf_counter()
     docs, unk = model_docs(data, vocab, backwards=backwards)
-    res = doc_losses(model, docs, bs=bs, bptt=bptt)
+    res = doc_losses(model, docs, bs=bs, bptt=bptt, amp=amp)
     n_tok = int(res.tokens.sum())
     if n_tok == 0:
         raise UserError("nothing to evaluate: no document has two tokens or more")
     loss = float(res.loss_sum.sum() / n_tok)
+    from ulmfit.precision import resolve_precision
+
+    precision = resolve_precision(_device(model).type, amp).record()
     total = int(sum(len(d) for d in docs))
     return {
         "loss": loss,
@@ -184,5 +194,6 @@ def lm_eval(
         "docs": int(np.count_nonzero(res.tokens)),
         "docs_skipped": int(np.count_nonzero(res.tokens == 0)),
         "unk_rate": round(unk / max(1, total), 6),
+        "precision": precision,
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -51,25 +51,20 @@ def predict_logits(
     model, docs, bs: int = 64, device: str | None = None, amp: str = "auto"
 ) -> np.ndarray:
     """Logits ``(n_docs, n_out)`` of documents (``docs.ids``, ``docs.offsets``: a
-    TokenCorpus or LabelledDocs) in input order (sorted batches, order restored). On a GPU
-    the forward pass runs under the same mixed precision as training (``amp``, see
-    :func:`ulmfit.train.learner.amp_plan`), with batches copied ahead of use; on a CPU in
-    full precision."""
-    import contextlib
-
+    TokenCorpus or LabelledDocs) in input order (sorted batches, order restored). The
+    forward pass runs in the precision ``amp`` gives the device (the same rule as training,
+    :mod:`ulmfit.precision`: bf16 on a CPU with bf16 units or a bf16 GPU), with batches
+    copied ahead of use; the logits come back as fp32."""
     import torch
 
     from ulmfit.loaders import ClassifierLoader, restore_order
-    from ulmfit.train.amp import amp_plan
+    from ulmfit.precision import resolve_precision
     from ulmfit.train.prefetch import device_batches
 
     dev = torch.device(device or next(model.parameters()).device)
+    autocast = resolve_precision(dev.type, amp).autocast(dev.type)
     model.to(dev).eval()
     loader = ClassifierLoader(docs.ids, docs.offsets, None, bs=bs, train=False, max_len=None)
-    dtype = amp_plan(dev.type, amp).dtype
-    autocast = (
-        torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    )
     out = []
     with torch.inference_mode(), autocast:
         for x, _, idx in device_batches(loader, dev):
@@ -91,8 +86,10 @@ class Predictor:
         bs: int = 64,
         device: str | None = None,
         block: int = BLOCK,
+        amp: str = "auto",
     ) -> None:
         from ulmfit.devices import resolve_device
+        from ulmfit.precision import resolve_precision
 
         if bs < 1 or block < 1:
             raise UserError(f"bs and block must be 1 or more, got {bs} and {block}")
@@ -101,6 +98,8 @@ class Predictor:
         self.path = str(path)
         self.bs, self.block = bs, block
         self.device = resolve_device(device)
+        self.amp = amp
+        self.precision = resolve_precision(self.device.partition(":")[0], amp)
         self.kind: str = config.get("label_kind", "single")
         self.classes: list[str] = list(config.get("classes") or [])
         self.n_out: int = int(config.get("n_out") or len(self.classes))
@@ -126,16 +125,25 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, path: Path | str, *, device: str | None = None, bs: int = 64, block: int = BLOCK
+        cls,
+        path: Path | str,
+        *,
+        device: str | None = None,
+        bs: int = 64,
+        block: int = BLOCK,
+        amp: str = "auto",
     ) -> Predictor:
         """A run folder of ``ulmfit fit`` or a model directory (single or ensemble); a bad
-        directory is a UserError saying what is wrong with it."""
+        directory is a UserError saying what is wrong with it. ``amp``: the precision the
+        models run in (:mod:`ulmfit.precision`; ``auto``: bf16 where the device has it)."""
         from ulmfit.devices import resolve_device
         from ulmfit.models.model_dir import load_members
+        from ulmfit.precision import resolve_precision
 
         device = resolve_device(device)  # a missing GPU is said before the model is read
+        resolve_precision(device.partition(":")[0], amp)  # so is an --amp the device lacks
         config, members = load_members(path)
-        return cls(config, members, path, bs=bs, device=device, block=block)
+        return cls(config, members, path, bs=bs, device=device, block=block, amp=amp)
 
     # -- texts -> ids ----------------------------------------------------------------------
     def _tokenizer(self):
@@ -201,7 +209,9 @@ class Predictor:
                 for k, (model, _, _) in enumerate(self.members):
                     ids, offsets = self.member_ids(k, local)
                     docs = TokenCorpus(ids, offsets, [])
-                    outputs.append(predict_logits(model, docs, bs=self.bs, device=self.device))
+                    outputs.append(
+                        predict_logits(model, docs, bs=self.bs, device=self.device, amp=self.amp)
+                    )
                 out.append(mean_outputs(self.kind, outputs))
                 bar.update(len(chunk))
         return np.concatenate(out)
@@ -254,11 +264,12 @@ class Predictor:
 
     def info(self) -> dict:
         """What a client needs to read the predictions: label kind, classes or targets,
-        thresholds, the members' directions."""
+        thresholds, the members' directions, the precision the models run in."""
         out = {
             "model": self.path,
             "label_kind": self.kind,
             "members": [m[2].get("direction", "fwd") for m in self.members],
+            "precision": self.precision.record(),
         }
         if self.kind == "float":
             out["targets"] = self.targets
@@ -275,9 +286,11 @@ class Predictor:
         return explain(self, text, target)
 
 
-def load(path: Path | str, *, device: str | None = None, bs: int = 64) -> Predictor:
+def load(
+    path: Path | str, *, device: str | None = None, bs: int = 64, amp: str = "auto"
+) -> Predictor:
     """The classifier (or ensemble) of a run folder or model directory, ready to predict."""
-    return Predictor.load(path, device=device, bs=bs)
+    return Predictor.load(path, device=device, bs=bs, amp=amp)
 
 
 __all__ = ["BLOCK", "Predictor", "load", "predict_logits", "softmax"]

@@ -583,6 +583,7 @@ def run(
     limits: ServeLimits | None = None,
     *,
     device: str | None = None,
+    amp: str = "auto",
     log_level: str = ServeSettings.log_level,
     threads: int | None = None,
     allowed_hosts: list[str] | None = None,
@@ -595,6 +596,7 @@ def run(
 
     import torch
 
+    from ulmfit.precision import describe
     from ulmfit.predict import Predictor
 
     limits = limits or ServeLimits()
@@ -608,11 +610,16 @@ def run(
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE))
         if threads is not None:
             torch.set_num_threads(threads)
-        predictor = Predictor.load(model, device=device)
+        predictor = Predictor.load(model, device=device, amp=amp)
         app = create_app(predictor, limits, allowed_hosts or default_hosts(host))
         bound = sock.getsockname()[1]
         where = f"http://{host}:{bound}/" if ":" not in host else f"http://[{host}]:{bound}/"
-        print(f"serving {model} on {where}  (Ctrl-C stops)", file=sys.stderr, flush=True)
+        print(
+            f"serving {model} on {where} in {describe(predictor.precision.record())}  "
+            "(Ctrl-C stops)",
+            file=sys.stderr,
+            flush=True,
+        )
         make_server(app, limits, log_level).run(sockets=[sock])
     finally:
         sock.close()

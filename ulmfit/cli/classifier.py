@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ulmfit import options
 from ulmfit.cli.common import (
+    add_amp_option,
     add_command,
     add_compile_option,
     add_device_option,
@@ -206,6 +207,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         label_spec(args, args.test),  # unset columns: those of training
         bs=args.bs,
         device=args.device,
+        amp=args.amp,
         label_kind=args.label_kind,
     )
     if args.json:
@@ -313,3 +315,4 @@ def add_classifier_commands(sub) -> None:
     add_option(p, "--bs", type=options.int_at_least(1), default=64, help="documents per batch")
     add_labelled_file_options(p)
     add_device_option(p)
+    add_amp_option(p)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ulmfit import options
 from ulmfit.cli.fields import add_field_option, add_option
-from ulmfit.config import PrepareConfig, VocabConfig
+from ulmfit.config import PrepareConfig, TrainConfig, VocabConfig
 from ulmfit.errors import UserError
 
 
@@ -114,6 +114,12 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", type=options.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
     )
+
+
+def add_amp_option(p: argparse.ArgumentParser) -> None:
+    """--amp for the commands that run a trained model (the training commands have it as a
+    field of their config); the one field that defines it is the engine's."""
+    add_field_option(p, TrainConfig, "amp", filled=True)
 
 
 def add_compile_option(p: argparse.ArgumentParser) -> None:

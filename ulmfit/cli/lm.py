@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ulmfit import options
 from ulmfit.cli.common import (
+    add_amp_option,
     add_command,
     add_compile_option,
     add_device_option,
@@ -49,7 +50,13 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
         progress=False if args.json else None,
     )
     m = lm_eval(
-        model, vocab, corpus, bs=args.bs, bptt=args.bptt, backwards=info["direction"] == "bwd"
+        model,
+        vocab,
+        corpus,
+        bs=args.bs,
+        bptt=args.bptt,
+        backwards=info["direction"] == "bwd",
+        amp=args.amp,
     )
     m = {**m, "model": info["path"], "direction": info["direction"]}
     if args.json:
@@ -246,6 +253,7 @@ def _add_lm_eval_command(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="DATA")
     p.add_argument("--vocab", metavar="ITOS.pkl", help="vocabulary of a fastai .pth")
     add_device_option(p)
+    add_amp_option(p)
     p.add_argument(
         "--limit-docs", type=options.int_at_least(1), metavar="N", help="only the first N documents"
     )

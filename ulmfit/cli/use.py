@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ulmfit import options
 from ulmfit.cli.common import (
+    add_amp_option,
     add_command,
     add_device_option,
     add_json_option,
@@ -120,7 +121,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.input is not None and not Path(args.input).exists():
         input_path(args.input)  # a clear error before the model is loaded
     _check_out_file(args)
-    predictor = Predictor.load(args.model, device=args.device, bs=args.bs)
+    predictor = Predictor.load(args.model, device=args.device, bs=args.bs, amp=args.amp)
     texts, rows, skipped = _texts_to_predict(args, predictor.config)
     preds = predictor.predict(texts)
     if skipped:
@@ -154,7 +155,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from ulmfit.predict import Predictor
 
     _check_out_file(args)
-    predictor = Predictor.load(args.model, device=args.device)
+    predictor = Predictor.load(args.model, device=args.device, amp=args.amp)
     exp = predictor.explain(args.text, args.target)
     if args.out is not None:
         page = render_html(exp, predictor.info())
@@ -190,6 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         limits=ServeLimits(**given_settings(args, ServeLimits)),
         device=args.device,
+        amp=args.amp,
         log_level=args.log_level,
         threads=args.threads,
         allowed_hosts=args.allowed_hosts.split(",") if args.allowed_hosts else None,
@@ -219,6 +221,7 @@ def _add_predict_command(sub) -> None:
     add_json_option(p, "print one JSON object: the predictions (with --out: a summary)")
     add_option(p, "--bs", type=options.int_at_least(1), default=64, help="texts per batch")
     add_device_option(p)
+    add_amp_option(p)
 
 
 def _add_explain_command(sub) -> None:
@@ -239,6 +242,7 @@ def _add_explain_command(sub) -> None:
     )
     add_json_option(p, "print the explanation as JSON")
     add_device_option(p)
+    add_amp_option(p)
 
 
 def _add_serve_command(sub) -> None:
@@ -256,6 +260,7 @@ def _add_serve_command(sub) -> None:
         "default: --host and localhost; with --host 0.0.0.0 name the hosts clients use)",
     )
     add_device_option(p)
+    add_amp_option(p)
     add_field_option(p, ServeSettings, "threads")
     add_field_option(p, ServeSettings, "log_level", filled=True)
 

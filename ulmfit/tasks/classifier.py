@@ -400,6 +400,7 @@ def _learner(model, loaders: tuple, kind: str, work: Path, dev: str, cfg: Classi
         clip=None,
         seed=cfg.seed,
         device=dev,
+        amp=cfg.amp,
         compile=cfg.compile,
         progress=cfg.progress,
         verbose=cfg.verbose,
@@ -449,13 +450,21 @@ class _Fit:
 
 def _finish(fit: _Fit, model, history: list, direction: str, t0: float) -> dict:
     """Rank 0: predict the validation set, report and publish; the other ranks wait."""
+    from ulmfit.precision import resolve_precision
+
     train, valid = fit.train, fit.valid
-    logits = predict_logits(model, valid, bs=fit.cfg.bs)
+    precision = resolve_precision(next(model.parameters()).device.type, fit.cfg.amp).record()
+    logits = predict_logits(model, valid, bs=fit.cfg.bs, amp=fit.cfg.amp)
     extra = _label_settings(fit.train_spec, train, valid, logits)
     m, _ = predictions_of(train.kind, logits, valid.labels, {"classes": train.classes, **extra})
     headline = {k: m[k] for k in SUMMARY_KEYS[train.kind]}
-    report = _report_json(fit, m, history, direction, t0)
-    meta = {"trained": "fit_classifier", "lm": str(fit.lm_dir), "valid": headline}
+    report = {**_report_json(fit, m, history, direction, t0), "precision": precision}
+    meta = {
+        "trained": "fit_classifier",
+        "lm": str(fit.lm_dir),
+        "valid": headline,
+        "precision": precision,
+    }
     fit.out_dir.mkdir(parents=True, exist_ok=True)
     with staged_dir(fit.out_dir / MODEL_DIR, overwrite=fit.overwrite) as tmp:
         write_classifier_files(
@@ -579,6 +588,7 @@ def evaluate(
     *,
     bs: int = 64,
     device: str | None = None,
+    amp: str = "auto",
     dry_run: bool = False,
     label_kind: str | None = None,
 ) -> dict:
@@ -589,8 +599,12 @@ def evaluate(
 
     Single-label: accuracy, error_rate, macro_f1, per_class, confusion. Multi-label (with the
     thresholds stored at training): micro_f1, macro_f1, roc_auc, per_class, per_class_f1.
-    Regression: mae, rmse (and per_target)."""
+    Regression: mae, rmse (and per_target). The model runs in the precision ``amp`` gives
+    its device (:mod:`ulmfit.precision`; ``precision`` in the result)."""
+    from ulmfit.precision import resolve_precision
+
     dev = resolve_device(device)
+    precision = resolve_precision(torch.device(dev).type, amp)
     config, members = load_members(run)
     classes = config["classes"]
     kind = config.get("label_kind", "single")
@@ -607,7 +621,7 @@ def evaluate(
                 f"{docs.path}: {n_outputs(docs)} target column(s), but the model predicts "
                 f"{config['n_out']}"
             )
-        outputs.append(predict_logits(model, docs, bs=bs, device=dev))
+        outputs.append(predict_logits(model, docs, bs=bs, device=dev, amp=amp))
     logits = mean_outputs(kind, outputs)
     m, predictions = predictions_of(kind, logits, docs.labels, config)
     return {
@@ -617,6 +631,7 @@ def evaluate(
         "unk_rate": docs.unk_rate,
         "predictions": predictions,
         "rows": (docs.rows + 1).tolist(),  # 1-based input rows, as in error messages
+        "precision": precision.record(),
         **({"dropped_unseen_class": docs.dropped} if dry_run else {}),
     }
 

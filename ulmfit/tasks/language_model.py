@@ -258,12 +258,13 @@ def pretrain(
         )
         if not main:  # rank 0 evaluates and publishes
             return _worker_result(out_dir, previous is not None, t0)
-        after = lm_eval(s.model, s.vocab, s.valid_docs) if s.valid_docs else None
+        after = lm_eval(s.model, s.vocab, s.valid_docs, amp=cfg.amp) if s.valid_docs else None
         report = {
             "task": "pretrain",
             "direction": s.direction,
             **s.report,
             "config": _jsonable(cfg),
+            "precision": learn.amp.record(),
             "after": after,
             "history": learn.history,
             "training_log": f"{TRAIN_LOG_DIR}/metrics.jsonl",
@@ -271,7 +272,12 @@ def pretrain(
             "resumed": previous is not None,
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        meta = {"trained": "pretrain", "config": _jsonable(cfg), "valid": after}
+        meta = {
+            "trained": "pretrain",
+            "config": _jsonable(cfg),
+            "precision": learn.amp.record(),
+            "valid": after,
+        }
         _publish_run(partial, out_dir, cfg.overwrite, s.model, s.vocab, meta, s.direction, report)
     return _result(out_dir, report)
 
@@ -336,7 +342,7 @@ def finetune_lm(
             with contextlib.suppress(OSError, ValueError):
                 before = json.loads((partial / BEFORE_FILE).read_text(encoding="utf-8"))
         if before is None:  # a fresh run (or a before.json removed by hand)
-            before = lm_eval(s.model, s.vocab, s.valid_docs)
+            before = lm_eval(s.model, s.vocab, s.valid_docs, amp=cfg.amp)
         if previous is None:
             create_partial(partial, run, before)
         else:
@@ -350,12 +356,13 @@ def finetune_lm(
         _fit_finetune_stages(learn, cfg, resume=again)
         if not main:  # rank 0 evaluates and publishes
             return _worker_result(out_dir, again, t0)
-        after = lm_eval(s.model, s.vocab, s.valid_docs)
+        after = lm_eval(s.model, s.vocab, s.valid_docs, amp=cfg.amp)
         report = {
             "task": "finetune_lm",
             "direction": s.direction,
             **s.report,
             "config": _jsonable(cfg),
+            "precision": learn.amp.record(),
             "before": before,
             "after": after,
             "history": learn.history,
@@ -368,6 +375,7 @@ def finetune_lm(
             "trained": "finetune_lm",
             "pretrained": s.report["pretrained"]["path"],
             "config": _jsonable(cfg),
+            "precision": learn.amp.record(),
             "valid_before": before,
             "valid_after": after,
         }

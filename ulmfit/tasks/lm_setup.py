@@ -104,6 +104,7 @@ def lm_learner(model, train_loader, valid_loader, cfg: LMTrainConfig, log_dir: P
         clip=cfg.clip,
         seed=cfg.seed,
         device=str(device_of(cfg)),
+        amp=cfg.amp,
         compile=cfg.compile,
         progress=cfg.progress,
         verbose=cfg.verbose,

@@ -78,9 +78,11 @@ _CLASSIFIER_RECIPE = 2  # 2: the stage rates became fastai's (lr/2, lr/4, lr/20)
 
 def lm_config_for(cfg: ClassifierConfig, **changes):
     """The language-model fine-tuning settings that go with a classifier run: same device,
-    seed, workers, cache and output, fastai's LM defaults otherwise (``changes`` override)."""
+    precision, seed, workers, cache and output, fastai's LM defaults otherwise (``changes``
+    override)."""
     return FinetuneLMConfig(
         device=cfg.device,
+        amp=cfg.amp,
         compile=cfg.compile,
         dry_run=cfg.dry_run,
         progress=cfg.progress,

@@ -53,8 +53,8 @@ import ulmfit.train.optim as optim
 from ulmfit.atomic import atomic_write as _atomic_write  # the shared one
 from ulmfit.config import TrainConfig
 from ulmfit.errors import UserError
+from ulmfit.precision import describe, resolve_precision
 from ulmfit.report import plot_losses
-from ulmfit.train.amp import amp_plan
 from ulmfit.train.checkpoint import rng_state, set_rng_state
 from ulmfit.train.jsonl import read_jsonl, trim_jsonl
 from ulmfit.train.prefetch import device_batches, to_device
@@ -167,7 +167,7 @@ class Learner:
         self.opt = optim.make_optimizer(
             self.groups, beta1=config.moms[0], beta2=config.beta2, eps=config.eps, wd=config.wd
         )
-        self.amp = amp_plan(self.device.type, config.amp)
+        self.amp = resolve_precision(self.device.type, config.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp.use_scaler)
         self.out_dir = Path(out_dir)
         self.frozen_idx = 0
@@ -218,9 +218,7 @@ class Learner:
 
     # -- one optimizer step ---------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp.dtype)
+        return self.amp.autocast(self.device.type)
 
     def train_step(self, batch: Any) -> tuple[float, int, float | None, dict]:
         """Forward, backward, clip, step at the optimizer's current rates (the fit loop and
@@ -308,6 +306,8 @@ class Learner:
         )
         stage = self._c.stage
         self._c.stage += 1
+        if stage == 0:
+            self._say(f"training in {describe(self.amp.record())}")
         start = self._resume_point(stage, plan) if resume else 0
         if start is None:
             self._say(f"stage {stage}: finished in the checkpoint, skipped")

@@ -1,0 +1,169 @@
+"""The main job in bf16 and in fp32 over several seeds: accuracy parity and wall time (CPU).
+
+Runs `scripts/main.sh` (the README's main job: LM fine-tuning of wiki30k_fwd on TREC-6, the
+classifier, the test set scored once) with `--amp bf16` and `--amp off` for each seed, the two
+precisions of a seed one after the other so that they see the same machine. Each run gets its
+own empty run folder and token cache, so each pays what a fresh clone pays (tokenizing
+included; the virtual environment exists already). Appends one section to bench/RESULTS.md:
+test error per seed and precision, the two means, LM held-out perplexity, wall times and their
+ratio.
+
+    .venv/bin/python bench/amp_parity.py                      # seeds 42 1 2, about 50 min
+    .venv/bin/python bench/amp_parity.py --seeds 42 --no-write --dry-run   # smoke run
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/ holds tokenize.py (named by the issue), which would shadow the standard library's
+# tokenize module: this folder goes to the end of the import path (benchlib is found there).
+_HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE] + [_HERE]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from benchlib import REPO, append_results, cpu_description, utc_now, versions  # noqa: E402
+
+MAIN = REPO / "scripts" / "main.sh"
+
+
+def run_main(root: Path, seed: int, amp: str, extra: list[str]) -> dict:
+    """One main job into ``root/AMP_sSEED`` with its own token cache; its JSON report, the
+    precision its reports record, and its wall time."""
+    out, cache = root / f"{amp}_s{seed}", root / f"cache_{amp}_s{seed}"
+    for d in (out, out.with_name(out.name + ".dry-run"), cache):
+        shutil.rmtree(d, ignore_errors=True)
+    cmd = ["bash", str(MAIN), "--amp", amp, "--seed", str(seed), "--out", str(out), *extra]
+    env = {**os.environ, "ULMFIT_CACHE": str(cache)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([*cmd, "--json"], capture_output=True, text=True, env=env, cwd=REPO)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{shlex.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = Path(res["out"])  # a dry run writes RUN.dry-run
+    clas = json.loads((out / "report" / "metrics.json").read_text(encoding="utf-8"))
+    lm = json.loads((out / "lm" / "report.json").read_text(encoding="utf-8"))
+    return {
+        "seed": seed,
+        "amp": amp,
+        "cmd": "ULMFIT_CACHE=... " + shlex.join(["bash", "scripts/main.sh", *cmd[2:]]),
+        "wall": wall,
+        "res": res,
+        "precision": clas["precision"]["precision"],
+        "lm_precision": lm["precision"]["precision"],
+        "lm_seconds": lm["seconds"],
+        "clas_seconds": clas["seconds"],
+    }
+
+
+def _err(m: dict) -> float:
+    return 100 * (1 - m["accuracy"])
+
+
+def table(runs: list[dict]) -> list[str]:
+    lines = [
+        "| seed | --amp | ran in (LM / classifier) | test error | validation error | "
+        "LM held-out perplexity before -> after | LM stage | classifier stage | wall |",
+        "|--:|---|---|--:|--:|---|--:|--:|--:|",
+    ]
+    for r in runs:
+        res, lm = r["res"], r["res"]["lm"]
+        lines.append(
+            f"| {r['seed']} | {r['amp']} | {r['lm_precision']} / {r['precision']} | "
+            f"{_err(res['test']):.2f}% | {_err(res['classifier']['valid']):.2f}% | "
+            f"{lm['before']['perplexity']:.2f} -> {lm['after']['perplexity']:.2f} | "
+            f"{r['lm_seconds'] / 60:.1f} min | {r['clas_seconds'] / 60:.1f} min | "
+            f"{r['wall'] / 60:.1f} min |"
+        )
+    return lines
+
+
+def summary(runs: list[dict], modes: list[str]) -> list[str]:
+    """Means per precision, their gap, the perplexity gap and the wall-time ratios per seed."""
+    by = {m: [r for r in runs if r["amp"] == m] for m in modes}
+    lines = []
+    for m in modes:
+        errs = [_err(r["res"]["test"]) for r in by[m]]
+        ppl = [r["res"]["lm"]["after"]["perplexity"] for r in by[m]]
+        spread = f" (min {min(errs):.2f}, max {max(errs):.2f})" if len(errs) > 1 else ""
+        lines.append(
+            f"- `--amp {m}`: mean test error **{statistics.mean(errs):.2f}%**{spread} over "
+            f"{len(errs)} seed(s); mean LM held-out perplexity {statistics.mean(ppl):.2f}; "
+            f"median wall {statistics.median(r['wall'] for r in by[m]) / 60:.1f} min."
+        )
+    if set(modes) >= {"bf16", "off"} and by["bf16"] and by["off"]:
+        gap = statistics.mean(_err(r["res"]["test"]) for r in by["bf16"]) - statistics.mean(
+            _err(r["res"]["test"]) for r in by["off"]
+        )
+        ppl_b = statistics.mean(r["res"]["lm"]["after"]["perplexity"] for r in by["bf16"])
+        ppl_f = statistics.mean(r["res"]["lm"]["after"]["perplexity"] for r in by["off"])
+        pairs = [
+            (b["wall"], f["wall"]) for b, f in zip(by["bf16"], by["off"]) if b["seed"] == f["seed"]
+        ]
+        ratios = [f / b for b, f in pairs]
+        lines += [
+            f"- bf16 - fp32 mean test error: **{gap:+.2f} points** (goal: within 0.5): "
+            f"**{'met' if abs(gap) <= 0.5 else 'not met'}**.",
+            f"- LM held-out perplexity, bf16 vs fp32 means: {100 * (ppl_b / ppl_f - 1):+.2f}% "
+            f"(goal: within 2%): **{'met' if abs(ppl_b / ppl_f - 1) <= 0.02 else 'not met'}**.",
+            f"- Wall time fp32 / bf16 per seed: {', '.join(f'{x:.2f}x' for x in ratios)}; "
+            f"median **{statistics.median(ratios):.2f}x** (goal: at least 1.3x): "
+            f"**{'met' if statistics.median(ratios) >= 1.3 else 'not met'}**.",
+        ]
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    p.add_argument("--modes", nargs="+", default=["bf16", "off"], choices=["bf16", "off", "auto"])
+    p.add_argument("--root", type=Path, default=REPO / "runs" / "amp_parity")
+    p.add_argument("--dry-run", action="store_true", help="fit --dry-run: a smoke run")
+    p.add_argument("--no-write", action="store_true", help="print, do not append to RESULTS.md")
+    a = p.parse_args()
+    start, runs = utc_now(), []
+    extra = ["--dry-run"] if a.dry_run else []
+    for seed in a.seeds:
+        for mode in a.modes:
+            runs.append(run_main(a.root, seed, mode, extra))
+            r = runs[-1]
+            print(
+                f"seed {seed} --amp {mode}: test error {_err(r['res']['test']):.2f}%, "
+                f"{r['wall'] / 60:.1f} min",
+                file=sys.stderr,
+                flush=True,
+            )
+    lines = [
+        f"## The main job in bf16 and fp32 over seeds {', '.join(map(str, a.seeds))} "
+        f"({start} – {utc_now()})",
+        "",
+        f"Machine: {cpu_description()}; {versions()}.",
+        "Command: `.venv/bin/python bench/amp_parity.py"
+        + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+        + "`, which runs, for each seed, one after the other (each with an empty run folder "
+        "and token cache):",
+        "",
+        *[f"- `{r['cmd']}`" for r in runs[: len(a.modes)]],
+        "",
+        *table(runs),
+        "",
+        *summary(runs, a.modes),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not a.no_write:
+        append_results(text)
+
+
+if __name__ == "__main__":
+    main()
