@@ -193,3 +193,18 @@ def test_classifier_training_step_in_bf16():
     out.loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("command", ["finetune-lm", "fit"])
+def test_training_refuses_fp16_on_cpu_before_any_work(tmp_path, capsys, command):
+    from conftest import tiny_lms, trec_rows, write_csv
+
+    rows = trec_rows(20)
+    tiny_lms(tmp_path, [r["text"] for r in rows])
+    train = write_csv(tmp_path / "train.csv", rows)
+    data = [train] if command == "finetune-lm" else ["--train", train]
+    argv = [command, *data, "--pretrained", str(tmp_path / "pre_fwd"), "--out", str(tmp_path / "o")]
+    code = main([*argv, "--device", "cpu", "--amp", "fp16", "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("ulmfit: error: --amp fp16 is for GPUs"), err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()

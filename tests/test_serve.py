@@ -48,6 +48,7 @@ def test_health_and_page(client, predictor):
     assert h["status"] == "ok" and h["classes"] == predictor.classes
     assert h["label_kind"] == "single" and h["members"] == ["fwd", "bwd"]
     assert h["limits"] == asdict(SMALL)
+    assert h["precision"] == predictor.precision.record()  # what the model runs in, and why
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<textarea id="text"' in page.text and 'id="go"' in page.text

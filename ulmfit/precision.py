@@ -139,6 +139,12 @@ def resolve_precision(
     return Precision(mode, None, False, f"auto: {why}")
 
 
+def precision_for(device: str, mode: str) -> Precision:
+    """The precision ``mode`` gives on ``device`` (``cpu``, ``cuda:1``, ...): what a command
+    checks before any work, so that a refused ``--amp`` is said at once."""
+    return resolve_precision(device.partition(":")[0], mode)
+
+
 def describe(record: dict[str, Any] | None) -> str:
     """One line for logs: ``bf16 (auto: this CPU has avx512_bf16 ...)``."""
     if not record:
@@ -153,5 +159,6 @@ __all__ = [
     "cpu_bf16_flag",
     "cpu_has_bf16",
     "describe",
+    "precision_for",
     "resolve_precision",
 ]

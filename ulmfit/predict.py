@@ -89,7 +89,7 @@ class Predictor:
         amp: str = "auto",
     ) -> None:
         from ulmfit.devices import resolve_device
-        from ulmfit.precision import resolve_precision
+        from ulmfit.precision import precision_for
 
         if bs < 1 or block < 1:
             raise UserError(f"bs and block must be 1 or more, got {bs} and {block}")
@@ -99,7 +99,7 @@ class Predictor:
         self.bs, self.block = bs, block
         self.device = resolve_device(device)
         self.amp = amp
-        self.precision = resolve_precision(self.device.partition(":")[0], amp)
+        self.precision = precision_for(self.device, amp)
         self.kind: str = config.get("label_kind", "single")
         self.classes: list[str] = list(config.get("classes") or [])
         self.n_out: int = int(config.get("n_out") or len(self.classes))
@@ -138,10 +138,10 @@ class Predictor:
         models run in (:mod:`ulmfit.precision`; ``auto``: bf16 where the device has it)."""
         from ulmfit.devices import resolve_device
         from ulmfit.models.model_dir import load_members
-        from ulmfit.precision import resolve_precision
+        from ulmfit.precision import precision_for
 
         device = resolve_device(device)  # a missing GPU is said before the model is read
-        resolve_precision(device.partition(":")[0], amp)  # so is an --amp the device lacks
+        precision_for(device, amp)  # so is an --amp the device lacks
         config, members = load_members(path)
         return cls(config, members, path, bs=bs, device=device, block=block, amp=amp)
 

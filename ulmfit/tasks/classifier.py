@@ -70,6 +70,7 @@ from ulmfit.models.model_dir import (
     model_dir_of,
     write_classifier_files,
 )
+from ulmfit.precision import precision_for
 from ulmfit.predict import predict_logits
 from ulmfit.report import write_report_files
 
@@ -109,7 +110,7 @@ def _check_config(cfg: ClassifierConfig) -> None:
         bad.append(f"wd must be 0 or more, got {cfg.wd}")
     if bad:
         raise UserError("; ".join(bad))
-    resolve_device(cfg.device)
+    precision_for(resolve_device(cfg.device), cfg.amp)  # a refused --amp, before any work
 
 
 # ----------------------------------------------------------------------------------------
@@ -450,10 +451,8 @@ class _Fit:
 
 def _finish(fit: _Fit, model, history: list, direction: str, t0: float) -> dict:
     """Rank 0: predict the validation set, report and publish; the other ranks wait."""
-    from ulmfit.precision import resolve_precision
-
     train, valid = fit.train, fit.valid
-    precision = resolve_precision(next(model.parameters()).device.type, fit.cfg.amp).record()
+    precision = precision_for(str(next(model.parameters()).device), fit.cfg.amp).record()
     logits = predict_logits(model, valid, bs=fit.cfg.bs, amp=fit.cfg.amp)
     extra = _label_settings(fit.train_spec, train, valid, logits)
     m, _ = predictions_of(train.kind, logits, valid.labels, {"classes": train.classes, **extra})
@@ -601,10 +600,8 @@ def evaluate(
     thresholds stored at training): micro_f1, macro_f1, roc_auc, per_class, per_class_f1.
     Regression: mae, rmse (and per_target). The model runs in the precision ``amp`` gives
     its device (:mod:`ulmfit.precision`; ``precision`` in the result)."""
-    from ulmfit.precision import resolve_precision
-
     dev = resolve_device(device)
-    precision = resolve_precision(torch.device(dev).type, amp)
+    precision = precision_for(dev, amp)
     config, members = load_members(run)
     classes = config["classes"]
     kind = config.get("label_kind", "single")

@@ -48,6 +48,7 @@ from ulmfit.devices import resolve_device
 from ulmfit.errors import UserError
 from ulmfit.lm_eval import lm_eval
 from ulmfit.models.awd_lstm import LanguageModel
+from ulmfit.precision import precision_for
 from ulmfit.tasks.lm_partial import (
     BEFORE_FILE,
     check_same,
@@ -94,7 +95,7 @@ def _check_config(cfg: LMTrainConfig) -> None:
             bad.append(f"{name} must be 1 or more, got {getattr(cfg, name)}")
     if bad:
         raise UserError("; ".join(bad))
-    resolve_device(cfg.device)
+    precision_for(resolve_device(cfg.device), cfg.amp)  # a refused --amp, before any work
 
 
 def _check_finetune(cfg: FinetuneLMConfig) -> None:
