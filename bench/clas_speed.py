@@ -8,8 +8,8 @@ hidden 1152, 3 layers, drop_mult 0.5, BPT3C chunks of bptt 72, max_len 1440, con
 head 1200-50-2), from random weights (speed does not depend on them), bs 64, 2 threads.
 
 - training docs/s: one unfrozen ``fit_one_cycle`` epoch over ``--train-docs`` reviews (sortish
-  batches), timed from batch ``--warm`` to the last training batch (validation,
-  one batch of reviews, falls outside). Ours: our ``TextClassifier`` (as ``build_classifier`` makes it),
+  batches), timed from batch ``--warm`` to the last training batch (validation, one batch of
+  reviews, falls outside). Ours: our ``TextClassifier`` (as ``build_classifier`` makes it),
   ``ClassifierLoader`` and the ``Learner`` with ``ClassifierTask`` (AR/TAR 2/1, no clipping,
   fastai's moms and wd, as ``fit_classifier`` sets them) at ``TrainConfig(amp="bf16")`` and
   ``amp="off"``. fastai: ``text_classifier_learner(..., pretrained=False)`` on ``SortedDL`` +
@@ -77,8 +77,14 @@ def write_data(path: Path, a) -> dict:
     tr = _sample("train", a.train_docs + a.bs, a.seed, a.max_words)
     te = _sample("test", a.pred_docs, a.seed, a.max_words)
     train_docs = a.train_docs
-    np.savez(path, **{f"{s}_{k}": v for s, d in (("train", tr), ("test", te))
-                      for k, v in zip(("ids", "offsets", "labels"), d)})  # fmt: skip
+    np.savez(
+        path,
+        **{
+            f"{s}_{k}": v
+            for s, d in (("train", tr), ("test", te))
+            for k, v in zip(("ids", "offsets", "labels"), d)
+        },
+    )
     return {"train_tokens": int(tr[1][train_docs]), "test_tokens": int(te[1][-1])}
 
 
@@ -95,8 +101,11 @@ def _splits(path: Path, n_valid: int) -> dict:
         return ids, off[lo : hi + 1] - off[lo], z[f"{split}_labels"][lo:hi]
 
     n_tr, n_te = len(z["train_offsets"]) - 1, len(z["test_offsets"]) - 1
-    return {"train": take("train", 0, n_tr - n_valid), "valid": take("train", n_tr - n_valid, n_tr),
-            "test": take("test", 0, n_te)}  # fmt: skip
+    return {
+        "train": take("train", 0, n_tr - n_valid),
+        "valid": take("train", n_tr - n_valid, n_tr),
+        "test": take("test", 0, n_te),
+    }
 
 
 # --- contenders (each runs in a subprocess: `python clas_speed.py _run SPEC_JSON`) ----------
@@ -149,10 +158,20 @@ def train_ours(spec: dict, data: dict) -> dict:
 
     model, cfg = _our_model()
     (ids, off, y), (vids, voff, vy) = data["train"], data["valid"]
-    train = _Counted(ClassifierLoader(ids, off, y, bs=spec["bs"], train=True, max_len=None), spec["warm"])  # fmt: skip
+    train = _Counted(
+        ClassifierLoader(ids, off, y, bs=spec["bs"], train=True, max_len=None), spec["warm"]
+    )
     valid = ClassifierLoader(vids, voff, vy, bs=spec["bs"], train=False, max_len=None)
-    tc = TrainConfig(moms=tuple(cfg.moms), wd=cfg.wd, clip=None, device="cpu", amp=spec["amp"],
-                     progress=False, verbose=False, plot=False)  # fmt: skip
+    tc = TrainConfig(
+        moms=tuple(cfg.moms),
+        wd=cfg.wd,
+        clip=None,
+        device="cpu",
+        amp=spec["amp"],
+        progress=False,
+        verbose=False,
+        plot=False,
+    )
     task = ClassifierTask(F.cross_entropy, alpha=cfg.alpha, beta=cfg.beta)
     with tempfile.TemporaryDirectory() as out:
         Learner(model, train, valid, task, out_dir=out, config=tc).fit_one_cycle(1, 1e-3)
@@ -192,8 +211,11 @@ def train_fastai(spec: dict, data: dict) -> dict:
     with learn.no_bar(), learn.no_logging():
         learn.unfreeze()
         learn.fit_one_cycle(1, 1e-3, moms=(0.8, 0.7, 0.8), cbs=[timer])
-    return {"docs_per_s": timer.docs / (timer.t1 - timer.t0), "docs": timer.docs,
-            "num_workers": train.num_workers}  # fmt: skip
+    return {
+        "docs_per_s": timer.docs / (timer.t1 - timer.t0),
+        "docs": timer.docs,
+        "num_workers": train.num_workers,
+    }
 
 
 def _timed(fn, warm_fn, n_docs: int) -> dict:
@@ -222,8 +244,11 @@ def predict_ours(spec: dict, data: dict) -> dict:
     n = min(spec["bs"], len(off) - 1)
     docs, first = _Docs(ids, off), _Docs(ids[: off[n]], off[: n + 1])
     kw = {"bs": spec["bs"], "device": "cpu", "amp": spec["amp"]}
-    return _timed(lambda: predict_logits(model, docs, **kw),
-                  lambda: predict_logits(model, first, **kw), len(docs))  # fmt: skip
+    return _timed(
+        lambda: predict_logits(model, docs, **kw),
+        lambda: predict_logits(model, first, **kw),
+        len(docs),
+    )
 
 
 def predict_fastai(spec: dict, data: dict) -> dict:
@@ -238,18 +263,23 @@ def predict_fastai(spec: dict, data: dict) -> dict:
 
     def loader(split: tuple):
         items, lens = gs._fastai_items(split)
-        return SortedDL(items, res=lens, bs=spec["bs"], shuffle=False,
-                        before_batch=Pad_Chunk(seq_len=72))  # fmt: skip
+        return SortedDL(
+            items, res=lens, bs=spec["bs"], shuffle=False, before_batch=Pad_Chunk(seq_len=72)
+        )
 
     ids, off, y = data["test"]
     n = min(spec["bs"], len(off) - 1)
     dl, first = loader(data["test"]), loader((ids[: off[n]], off[: n + 1], y[:n]))
     with learn.no_bar(), learn.no_logging():
-        return _timed(lambda: learn.get_preds(dl=dl), lambda: learn.get_preds(dl=first), len(off) - 1)  # fmt: skip
+        return _timed(
+            lambda: learn.get_preds(dl=dl), lambda: learn.get_preds(dl=first), len(off) - 1
+        )
 
 
-RUNNERS = {"train": {"ours_bf16": train_ours, "ours": train_ours, "fastai": train_fastai},
-           "predict": {"ours_bf16": predict_ours, "ours": predict_ours, "fastai": predict_fastai}}  # fmt: skip
+RUNNERS = {
+    "train": {"ours_bf16": train_ours, "ours": train_ours, "fastai": train_fastai},
+    "predict": {"ours_bf16": predict_ours, "ours": predict_ours, "fastai": predict_fastai},
+}
 
 
 def _child(spec: dict) -> None:
@@ -263,10 +293,20 @@ def _child(spec: dict) -> None:
 
 def _run_one(a, kind: str, name: str, data: Path) -> dict:
     py = a.fastai_python if name == "fastai" else sys.executable
-    spec = {"kind": kind, "name": name, "data": str(data), "bs": a.bs, "warm": a.warm,
-            "threads": a.threads, "amp": AMP[name], "max_len": 72 * 20}  # fmt: skip
+    spec = {
+        "kind": kind,
+        "name": name,
+        "data": str(data),
+        "bs": a.bs,
+        "warm": a.warm,
+        "threads": a.threads,
+        "amp": AMP[name],
+        "max_len": 72 * 20,
+    }
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(a.threads)}
-    out = subprocess.run([py, __file__, "_run", json.dumps(spec)], capture_output=True, text=True, env=env)  # fmt: skip
+    out = subprocess.run(
+        [py, __file__, "_run", json.dumps(spec)], capture_output=True, text=True, env=env
+    )
     if out.returncode != 0:
         raise SystemExit(f"{kind} {name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -280,8 +320,11 @@ def _measure(a, data: Path) -> dict[tuple[str, str], list[dict]]:
             for name in a.contenders.split(","):
                 res = _run_one(a, kind, name, data)
                 runs.setdefault((kind, name), []).append(res)
-                print(f"run {rep + 1} {kind:7s} {name:9s} {res['docs_per_s']:8.2f} docs/s "
-                      f"({res['docs']} docs, ran {res['ran']})", file=sys.stderr)  # fmt: skip
+                print(
+                    f"run {rep + 1} {kind:7s} {name:9s} {res['docs_per_s']:8.2f} docs/s "
+                    f"({res['docs']} docs, ran {res['ran']})",
+                    file=sys.stderr,
+                )
     return runs
 
 
@@ -291,17 +334,25 @@ def _table(runs: dict) -> list[str]:
     def vs(kind: str, name: str, base: str) -> str:
         return f"{med[(kind, name)] / med[(kind, base)]:.2f}x" if (kind, base) in med else "–"
 
-    out = ["| task | contender | amp asked | ran in | docs/s (median) | runs | vs fastai | vs ours fp32 |",
-           "|---|---|---|---|--:|---|--:|--:|"]  # fmt: skip
+    out = [
+        "| task | contender | amp asked | ran in | docs/s (median) | runs | vs fastai "
+        "| vs ours fp32 |",
+        "|---|---|---|---|--:|---|--:|--:|",
+    ]
     for (kind, name), rs in runs.items():
         ran = ", ".join(sorted({r["ran"] for r in rs}))
         each = ", ".join(f"{r['docs_per_s']:,.2f}" for r in rs)
-        out.append(f"| {kind} | {name} | {AMP[name]} | {ran} | {med[(kind, name)]:,.2f} | {each} "
-                   f"| {vs(kind, name, 'fastai')} | {vs(kind, name, 'ours')} |")  # fmt: skip
+        out.append(
+            f"| {kind} | {name} | {AMP[name]} | {ran} | {med[(kind, name)]:,.2f} | {each} "
+            f"| {vs(kind, name, 'fastai')} | {vs(kind, name, 'ours')} |"
+        )
     if ("predict", "ours_bf16") in med and ("predict", "ours") in med:
         r = med[("predict", "ours_bf16")] / med[("predict", "ours")]
-        out += ["", f"Target (issue 14): prediction ours bf16 >= 1.5x ours fp32: {r:.2f}x, "
-                f"{'met' if r >= 1.5 else 'not met'}."]  # fmt: skip
+        out += [
+            "",
+            f"Target (issue 14): prediction ours bf16 >= 1.5x ours fp32: {r:.2f}x, "
+            f"{'met' if r >= 1.5 else 'not met'}.",
+        ]
         if not all("bfloat16" in x["ran"] for x in runs[("predict", "ours_bf16")]):
             out[-1] += " (ours_bf16 did not run in bf16 here: no CPU autocast at this commit)"
     return out
@@ -333,21 +384,26 @@ def main() -> None:
         runs = _measure(a, data)
     finally:
         data.unlink(missing_ok=True)
-    section = "\n".join([
-        f"\n## Classifier training and prediction throughput, {a.threads} CPU threads ({utc_now()})\n",
-        f"Machine: {cpu_description()}; {versions()}; fastai 2.8.12 in bench/.venv-fastai.",
-        "Command: `" + " ".join([".venv/bin/python bench/clas_speed.py", *sys.argv[1:]]) + "`"
-        f" ({time.perf_counter() - t0:,.0f} s).",
-        f"Data: IMDb, {a.train_docs} training reviews ({tokens['train_tokens']:,} tokens; +{a.bs} "
-        f"to validate, untimed) and {a.pred_docs} test reviews ({tokens['test_tokens']:,} tokens), "
-        f"seed {a.seed}{f', cut to {a.max_words} words' if a.max_words else ''}, tokenized once by our tokenizer, wiki30k ids for both libraries. Model: "
-        f"AWD-LSTM classifier 400/1152/3, drop_mult 0.5, bptt 72, max_len 1440, random weights; "
-        f"bs {a.bs}. Training: one unfrozen epoch, timed after {a.warm} batches; prediction: one "
-        f"pass after a warm-up batch. {a.repeat} runs, contenders interleaved, medians. "
-        "\"amp asked\": ours' TrainConfig.amp / predict_logits' amp; \"ran in\": the dtypes the "
-        "LSTM and Linear modules returned.\n",
-        *_table(runs), "",
-    ])  # fmt: skip
+    section = "\n".join(
+        [
+            f"\n## Classifier training and prediction throughput, {a.threads} CPU threads "
+            f"({utc_now()})\n",
+            f"Machine: {cpu_description()}; {versions()}; fastai 2.8.12 in bench/.venv-fastai.",
+            "Command: `" + " ".join([".venv/bin/python bench/clas_speed.py", *sys.argv[1:]]) + "`"
+            f" ({time.perf_counter() - t0:,.0f} s).",
+            f"Data: IMDb, {a.train_docs} training reviews ({tokens['train_tokens']:,} tokens; +{a.bs} "
+            f"to validate, untimed) and {a.pred_docs} test reviews ({tokens['test_tokens']:,} tokens), "
+            f"seed {a.seed}{f', cut to {a.max_words} words' if a.max_words else ''}, tokenized "
+            "once by our tokenizer, wiki30k ids for both libraries. Model: "
+            f"AWD-LSTM classifier 400/1152/3, drop_mult 0.5, bptt 72, max_len 1440, random weights; "
+            f"bs {a.bs}. Training: one unfrozen epoch, timed after {a.warm} batches; prediction: one "
+            f"pass after a warm-up batch. {a.repeat} runs, contenders interleaved, medians. "
+            '"amp asked": ours\' TrainConfig.amp / predict_logits\' amp; "ran in": the dtypes the '
+            "LSTM and Linear modules returned.\n",
+            *_table(runs),
+            "",
+        ]
+    )
     print(section)
     if not a.no_write:
         append_results(section[1:], a.results)

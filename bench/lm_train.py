@@ -4,9 +4,9 @@ fastai's standard AWD-LSTM language model (vocab 30,008, emb 400, hidden 1152, 3
 default dropouts, AR/TAR, clipping 0.1, Adam) on the wiki30k ids of Wikipedia text, bptt 70,
 bs 32 and 64 on 2 CPU threads (or `--device cuda`, mixed precision). Each contender is a
 subprocess reporting tokens/s over its timed batches: ours (`Learner` + `LMTask` on our
-`LanguageModel`; `ours_bf16` with `TrainConfig(amp="bf16")`, `ours` with amp "off"), fastai (`language_model_learner(..., pretrained=False)`, timed by a
-callback; bench/.venv-fastai), plain (`nn.Embedding` + 3 `nn.LSTM` + tied decoder, no
-dropout: this model's practical limit); on the CPU plain and fastai run in fp32 (fastai has no
+`LanguageModel`; `ours_bf16` with `TrainConfig(amp="bf16")`, `ours` with amp "off"), fastai
+(`language_model_learner(..., pretrained=False)`, timed by a callback; bench/.venv-fastai),
+plain (`nn.Embedding` + 3 `nn.LSTM` + tied decoder, no dropout: this model's practical limit); on the CPU plain and fastai run in fp32 (fastai has no
 CPU bf16 path). Each child notes the dtypes its LSTM and Linear modules returned (forward
 hooks), so the table says what precision really ran, not only what was asked for. On the CPU,
 ours (fp32) and plain also run *paired* in one process, step for step: the median per-step
@@ -478,8 +478,9 @@ def _tables(a, names: list[str], runs: dict, ran: dict, paired: dict) -> list[st
         for name in names:
             each = ", ".join(f"{v:,.0f}" for v in runs[(bs, name)])
             vs = " | ".join(_ratio(med, bs, name, b) for b in ("fastai", "ours", "plain"))
+            dtypes = ", ".join(sorted(ran[(bs, name)]))
             table.append(
-                f"| {bs} | {name} | {AMP.get(name, a.device)} | {', '.join(sorted(ran[(bs, name)]))} "
+                f"| {bs} | {name} | {AMP.get(name, a.device)} | {dtypes} "
                 f"| {med[(bs, name)]:,.0f} | {each} | {vs} |"
             )
     if (64, "ours_bf16") in med and (64, "fastai") in med:

@@ -47,8 +47,15 @@ GROUP = {  # part -> the issue's group
     "other": "data/other",
 }
 LOSS_OPS = ("aten::cross_entropy_loss", "aten::log_softmax", "aten::nll_loss")
-CLIP_OPS = ("aten::_foreach_norm", "aten::linalg_vector_norm", "aten::norm", "aten::stack",
-            "aten::_foreach_mul_", "aten::clamp", "aten::clamp_max")  # fmt: skip
+CLIP_OPS = (
+    "aten::_foreach_norm",
+    "aten::linalg_vector_norm",
+    "aten::norm",
+    "aten::stack",
+    "aten::_foreach_mul_",
+    "aten::clamp",
+    "aten::clamp_max",
+)
 
 
 def _scope(module, name: str) -> None:
@@ -56,7 +63,9 @@ def _scope(module, name: str) -> None:
     from torch.autograd.profiler import record_function
 
     open_ranges = []
-    module.register_forward_pre_hook(lambda *_: open_ranges.append(record_function(name).__enter__()))  # fmt: skip
+    module.register_forward_pre_hook(
+        lambda *_: open_ranges.append(record_function(name).__enter__())
+    )
     module.register_forward_hook(lambda *_: open_ranges.pop().__exit__(None, None, None))
 
 
@@ -187,18 +196,27 @@ def tables(parts: Counter, ops: Counter, calls: Counter, steps: int, top: int) -
     total = sum(parts.values())
     ms = 1e-3 / steps
     out = ["| group | part | phase | self CPU ms per step | share |", "|---|---|---|--:|--:|"]
-    for (part, phase), us in sorted(parts.items(), key=lambda kv: (list(GROUP).index(kv[0][0]), kv[0][1])):  # fmt: skip
-        out.append(f"| {GROUP[part]} | {part} | {phase} | {us * ms:,.1f} | {100 * us / total:.1f}% |")  # fmt: skip
+    for (part, phase), us in sorted(
+        parts.items(), key=lambda kv: (list(GROUP).index(kv[0][0]), kv[0][1])
+    ):
+        out.append(
+            f"| {GROUP[part]} | {part} | {phase} | {us * ms:,.1f} | {100 * us / total:.1f}% |"
+        )
     out += ["", "| group | self CPU ms per step | share |", "|---|--:|--:|"]
     groups = Counter()
     for (part, _), us in parts.items():
         groups[GROUP[part]] += us
     out += [f"| {g} | {us * ms:,.1f} | {100 * us / total:.1f}% |" for g, us in groups.most_common()]
-    out += ["", f"| top {top} ops (self CPU) | part | ms per step | share | calls per step |",
-            "|---|---|--:|--:|--:|"]  # fmt: skip
+    out += [
+        "",
+        f"| top {top} ops (self CPU) | part | ms per step | share | calls per step |",
+        "|---|---|--:|--:|--:|",
+    ]
     for (name, part), us in ops.most_common(top):
-        out.append(f"| `{name}` | {part} | {us * ms:,.1f} | {100 * us / total:.1f}% "
-                   f"| {calls[name] / steps:g} |")  # fmt: skip
+        out.append(
+            f"| `{name}` | {part} | {us * ms:,.1f} | {100 * us / total:.1f}% "
+            f"| {calls[name] / steps:g} |"
+        )
     return out
 
 
@@ -217,20 +235,31 @@ def main() -> None:
     parts, ops, calls = attribute(events)
     ran = "+".join(sorted(bench_module("lm_train").SEEN))
     total_ms = sum(parts.values()) / 1e3 / a.steps
-    section = "\n".join([
-        f"\n## One bf16 LM training step of ours, profiled, {a.threads} CPU threads ({utc_now()})\n",
-        f"Machine: {cpu_description()}; {versions()}.",
-        "Command: `" + " ".join([".venv/bin/python bench/profile_step.py", *sys.argv[1:]]) + "`",
-        f"Our Learner + LMTask on our LanguageModel (30,008 / 400 / 1152 / 3), TrainConfig(amp="
-        f"\"bf16\"), ran in {ran or '?'}; optimizer {opt}; bs {a.bs}, bptt {a.bptt}; {a.warm} "
-        f"warm-up step(s), then {a.steps} profiled: {total_ms:,.0f} ms self CPU per step, "
-        f"{1e3 * wall / a.steps:,.0f} ms wall per step under the profiler "
-        f"({a.bs * a.bptt * a.steps / wall:,.0f} tokens/s). How the time is grouped: the "
-        "docstring of bench/profile_step.py.\n",
-        *tables(parts, ops, calls, a.steps, a.top), "",
-        "Largest parts: " + "; ".join(f"{part} {phase} {100 * us / sum(parts.values()):.0f}%"
-                                      for (part, phase), us in parts.most_common(3)) + ".", "",
-    ])  # fmt: skip
+    section = "\n".join(
+        [
+            f"\n## One bf16 LM training step of ours, profiled, {a.threads} CPU threads "
+            f"({utc_now()})\n",
+            f"Machine: {cpu_description()}; {versions()}.",
+            "Command: `"
+            + " ".join([".venv/bin/python bench/profile_step.py", *sys.argv[1:]])
+            + "`",
+            f"Our Learner + LMTask on our LanguageModel (30,008 / 400 / 1152 / 3), TrainConfig(amp="
+            f'"bf16"), ran in {ran or "?"}; optimizer {opt}; bs {a.bs}, bptt {a.bptt}; {a.warm} '
+            f"warm-up step(s), then {a.steps} profiled: {total_ms:,.0f} ms self CPU per step, "
+            f"{1e3 * wall / a.steps:,.0f} ms wall per step under the profiler "
+            f"({a.bs * a.bptt * a.steps / wall:,.0f} tokens/s). How the time is grouped: the "
+            "docstring of bench/profile_step.py.\n",
+            *tables(parts, ops, calls, a.steps, a.top),
+            "",
+            "Largest parts: "
+            + "; ".join(
+                f"{part} {phase} {100 * us / sum(parts.values()):.0f}%"
+                for (part, phase), us in parts.most_common(3)
+            )
+            + ".",
+            "",
+        ]
+    )
     print(section)
     if not a.no_write:
         append_results(section[1:], a.results)
