@@ -6,8 +6,8 @@ bs 32 and 64 on 2 CPU threads (or `--device cuda`, mixed precision). Each conten
 subprocess reporting tokens/s over its timed batches: ours (`Learner` + `LMTask` on our
 `LanguageModel`; `ours_bf16` with `TrainConfig(amp="bf16")`, `ours` with amp "off"), fastai
 (`language_model_learner(..., pretrained=False)`, timed by a callback; bench/.venv-fastai),
-plain (`nn.Embedding` + 3 `nn.LSTM` + tied decoder, no dropout: this model's practical limit); on the CPU plain and fastai run in fp32 (fastai has no
-CPU bf16 path). Each child notes the dtypes its LSTM and Linear modules returned (forward
+plain (`nn.Embedding` + 3 `nn.LSTM` + tied decoder, no dropout: this model's practical limit);
+on the CPU plain and fastai run in fp32 (fastai has no CPU bf16 path). Each child notes the dtypes its LSTM and Linear modules returned (forward
 hooks), so the table says what precision really ran, not only what was asked for. On the CPU,
 ours (fp32) and plain also run *paired* in one process, step for step: the median per-step
 ratio is steady where the machine's speed drifts. The section also says which oneDNN kernels
