@@ -361,7 +361,7 @@ def _table(runs: dict) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train-docs", type=int, default=1000, help="IMDb training reviews timed")
-    p.add_argument("--pred-docs", type=int, default=2000, help="IMDb test reviews predicted")
+    p.add_argument("--pred-docs", type=int, default=1000, help="IMDb test reviews predicted")
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--warm", type=int, default=2, help="untimed training batches first")
     p.add_argument("--repeat", type=int, default=3, help="runs per contender (median reported)")

@@ -12,7 +12,8 @@ batches from our ``LMLoader`` over wiki30k ids of Wikipedia text (bench/lm_train
   that made its node (the same ``sequence_nr``: the last forward op holding it);
 - optimizer: PyTorch's ``Optimizer.step`` / ``Optimizer.zero_grad`` scopes; data: a scope
   around each batch taken from the loader; gradient clipping: the norm ops outside any scope;
-  the rest is "other" (AR/TAR, the Learner's bookkeeping).
+  casts outside any scope (``.float()`` of the bf16 logits for the fp32 loss, and its backward)
+  count with the loss; the rest is "other" (AR/TAR, the Learner's bookkeeping).
 
     .venv/bin/python bench/profile_step.py      # appends a section to bench/RESULTS.md
     .venv/bin/python bench/profile_step.py --steps 1 --warm 1 --no-write   # smoke run
@@ -40,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 GROUP = {  # part -> the group
     "LSTM layers": "LSTM layers",
     "decoder + softmax/cross-entropy": "decoder + softmax/CE",
+    "casts outside modules (logits to fp32 for the loss)": "decoder + softmax/CE",
     "optimizer (AdamW step, zero_grad)": "optimizer",
     "embedding + dropouts": "data/other",
     "gradient clipping": "data/other",
@@ -47,6 +49,7 @@ GROUP = {  # part -> the issue's group
     "other": "data/other",
 }
 LOSS_OPS = ("aten::cross_entropy_loss", "aten::log_softmax", "aten::nll_loss")
+CAST_OPS = ("aten::to", "aten::_to_copy", "aten::copy_")
 CLIP_OPS = (
     "aten::_foreach_norm",
     "aten::linalg_vector_norm",
@@ -164,6 +167,8 @@ def _forward_part(chain: list[str]) -> str:
             return "decoder + softmax/cross-entropy"
         if name in CLIP_OPS:
             return "gradient clipping"
+    if chain[0] in CAST_OPS:
+        return "casts outside modules (logits to fp32 for the loss)"
     return "other"
 
 
