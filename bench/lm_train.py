@@ -424,7 +424,8 @@ def _kernels_section(a, ids_file: Path) -> list[str]:
     info, calls, ms = onednn_kernels(res["stdout"])
     out = [
         f"Kernels: one forward + backward of our LanguageModel under bf16 autocast (bs "
-        f"{max(a.bs)}, bptt {a.bptt}) with ONEDNN_VERBOSE=1: {'; '.join(info)}; ATen CPU "
+        f"{max(a.bs)}, bptt {a.bptt}; the first step: ms include one-off setup) with "
+        f"ONEDNN_VERBOSE=1: {'; '.join(info)}; ATen CPU "
         f"capability {res['capability']}; ran {res['ran'] or '?'}.",
         "",
         "| oneDNN primitive (kind, implementation, propagation, source dtype) | calls | ms |",
