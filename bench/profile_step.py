@@ -173,7 +173,8 @@ def _forward_part(chain: list[str]) -> str:
 
 
 def attribute(events) -> tuple[Counter, Counter, Counter]:
-    """Self CPU microseconds per (part, forward/backward/-), per (op, part), and op calls."""
+    """Self CPU microseconds per (part, forward/backward/-) and per (op, part); calls per
+    (op, part)."""
     chains = {id(e): _chain(e) for e in events}
     made_by = {}  # sequence_nr -> part of the last forward op holding it
     for e in sorted(events, key=lambda e: e.time_range.start):
@@ -193,7 +194,7 @@ def attribute(events) -> tuple[Counter, Counter, Counter]:
             phase = "-" if part.startswith(("optimizer", "data", "gradient")) else "forward"
         parts[(part, phase)] += e.self_cpu_time_total
         ops[(e.name, part)] += e.self_cpu_time_total
-        calls[e.name] += 1
+        calls[(e.name, part)] += 1
     return parts, ops, calls
 
 
@@ -220,7 +221,7 @@ def tables(parts: Counter, ops: Counter, calls: Counter, steps: int, top: int) -
     for (name, part), us in ops.most_common(top):
         out.append(
             f"| `{name}` | {part} | {us * ms:,.1f} | {100 * us / total:.1f}% "
-            f"| {calls[name] / steps:g} |"
+            f"| {calls[(name, part)] / steps:g} |"
         )
     return out
 
