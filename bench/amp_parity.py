@@ -36,29 +36,52 @@ from benchlib import REPO, append_results, cpu_description, utc_now, versions  #
 MAIN = REPO / "scripts" / "main.sh"
 
 
-def run_main(root: Path, seed: int, amp: str, extra: list[str]) -> dict:
-    """One main job into ``root/AMP_sSEED`` with its own token cache; its JSON report, the
-    precision its reports record, and its wall time."""
-    out, cache = root / f"{amp}_s{seed}", root / f"cache_{amp}_s{seed}"
+def _folders(root: Path, seed: int, amp: str) -> tuple[Path, Path, Path]:
+    """The run folder, its token cache and the file recording its wall time."""
+    name = f"{amp}_s{seed}"
+    return root / name, root / f"cache_{name}", root / f"{name}.wall.json"
+
+
+def run_main(root: Path, seed: int, amp: str, extra: list[str]) -> None:
+    """One main job into ``root/AMP_sSEED`` with its own empty token cache; its wall time and
+    the machine's load average before and after go to ``AMP_sSEED.wall.json``."""
+    out, cache, wall_file = _folders(root, seed, amp)
     for d in (out, out.with_name(out.name + ".dry-run"), cache):
         shutil.rmtree(d, ignore_errors=True)
+    wall_file.unlink(missing_ok=True)
     cmd = ["bash", str(MAIN), "--amp", amp, "--seed", str(seed), "--out", str(out), *extra]
     env = {**os.environ, "ULMFIT_CACHE": str(cache)}
-    t0 = time.perf_counter()
+    load0, t0 = os.getloadavg()[1], time.perf_counter()
     proc = subprocess.run([*cmd, "--json"], capture_output=True, text=True, env=env, cwd=REPO)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{shlex.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    out = Path(res["out"])  # a dry run writes RUN.dry-run
+    record = {"wall": wall, "load": [load0, os.getloadavg()[1]], "out": res["out"]}
+    wall_file.write_text(json.dumps(record), encoding="utf-8")
+
+
+def read_run(root: Path, seed: int, amp: str) -> dict | None:
+    """A finished run's figures, read from its folder (``None`` if it has not finished):
+    test and validation metrics, LM perplexities, the precision each stage recorded."""
+    _, _, wall_file = _folders(root, seed, amp)
+    if not wall_file.is_file():
+        return None
+    rec = json.loads(wall_file.read_text(encoding="utf-8"))
+    out = Path(rec["out"])  # a dry run writes RUN.dry-run
     clas = json.loads((out / "report" / "metrics.json").read_text(encoding="utf-8"))
     lm = json.loads((out / "lm" / "report.json").read_text(encoding="utf-8"))
+    test = json.loads((out / "report" / "test.json").read_text(encoding="utf-8"))
+    cmd = ["bash", "scripts/main.sh", "--amp", amp, "--seed", str(seed), "--out", str(out)]
     return {
         "seed": seed,
         "amp": amp,
-        "cmd": "ULMFIT_CACHE=... " + shlex.join(["bash", "scripts/main.sh", *cmd[2:]]),
-        "wall": wall,
-        "res": res,
+        "cmd": "ULMFIT_CACHE=... " + shlex.join(cmd),
+        "wall": rec["wall"],
+        "load": rec.get("load"),
+        "test": test,
+        "valid": clas["valid_metrics"],
+        "lm": lm,
         "precision": clas["precision"]["precision"],
         "lm_precision": lm["precision"]["precision"],
         "lm_seconds": lm["seconds"],
@@ -73,17 +96,19 @@ def _err(m: dict) -> float:
 def table(runs: list[dict]) -> list[str]:
     lines = [
         "| seed | --amp | ran in (LM / classifier) | test error | validation error | "
-        "LM held-out perplexity before -> after | LM stage | classifier stage | wall |",
-        "|--:|---|---|--:|--:|---|--:|--:|--:|",
+        "LM held-out perplexity before -> after | LM stage | classifier stage | wall | "
+        "load (5-min average, start/end) |",
+        "|--:|---|---|--:|--:|---|--:|--:|--:|--:|",
     ]
     for r in runs:
-        res, lm = r["res"], r["res"]["lm"]
+        lm = r["lm"]
+        load = "/".join(f"{x:.1f}" for x in r["load"]) if r.get("load") else "?"
         lines.append(
             f"| {r['seed']} | {r['amp']} | {r['lm_precision']} / {r['precision']} | "
-            f"{_err(res['test']):.2f}% | {_err(res['classifier']['valid']):.2f}% | "
+            f"{_err(r['test']):.2f}% | {_err(r['valid']):.2f}% | "
             f"{lm['before']['perplexity']:.2f} -> {lm['after']['perplexity']:.2f} | "
             f"{r['lm_seconds'] / 60:.1f} min | {r['clas_seconds'] / 60:.1f} min | "
-            f"{r['wall'] / 60:.1f} min |"
+            f"{r['wall'] / 60:.1f} min | {load} |"
         )
     return lines
 
@@ -93,8 +118,10 @@ def summary(runs: list[dict], modes: list[str]) -> list[str]:
     by = {m: [r for r in runs if r["amp"] == m] for m in modes}
     lines = []
     for m in modes:
-        errs = [_err(r["res"]["test"]) for r in by[m]]
-        ppl = [r["res"]["lm"]["after"]["perplexity"] for r in by[m]]
+        if not by[m]:
+            continue
+        errs = [_err(r["test"]) for r in by[m]]
+        ppl = [r["lm"]["after"]["perplexity"] for r in by[m]]
         spread = f" (min {min(errs):.2f}, max {max(errs):.2f})" if len(errs) > 1 else ""
         lines.append(
             f"- `--amp {m}`: mean test error **{statistics.mean(errs):.2f}%**{spread} over "
@@ -102,11 +129,11 @@ def summary(runs: list[dict], modes: list[str]) -> list[str]:
             f"median wall {statistics.median(r['wall'] for r in by[m]) / 60:.1f} min."
         )
     if set(modes) >= {"bf16", "off"} and by["bf16"] and by["off"]:
-        gap = statistics.mean(_err(r["res"]["test"]) for r in by["bf16"]) - statistics.mean(
-            _err(r["res"]["test"]) for r in by["off"]
+        gap = statistics.mean(_err(r["test"]) for r in by["bf16"]) - statistics.mean(
+            _err(r["test"]) for r in by["off"]
         )
-        ppl_b = statistics.mean(r["res"]["lm"]["after"]["perplexity"] for r in by["bf16"])
-        ppl_f = statistics.mean(r["res"]["lm"]["after"]["perplexity"] for r in by["off"])
+        ppl_b = statistics.mean(r["lm"]["after"]["perplexity"] for r in by["bf16"])
+        ppl_f = statistics.mean(r["lm"]["after"]["perplexity"] for r in by["off"])
         pairs = [
             (b["wall"], f["wall"]) for b, f in zip(by["bf16"], by["off"]) if b["seed"] == f["seed"]
         ]
@@ -129,20 +156,28 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["bf16", "off"], choices=["bf16", "off", "auto"])
     p.add_argument("--root", type=Path, default=REPO / "runs" / "amp_parity")
     p.add_argument("--dry-run", action="store_true", help="fit --dry-run: a smoke run")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the finished runs already in --root (the section reports them too)",
+    )
     p.add_argument("--no-write", action="store_true", help="print, do not append to RESULTS.md")
     a = p.parse_args()
-    start, runs = utc_now(), []
+    start = utc_now()
     extra = ["--dry-run"] if a.dry_run else []
     for seed in a.seeds:
         for mode in a.modes:
-            runs.append(run_main(a.root, seed, mode, extra))
-            r = runs[-1]
+            if a.reuse and read_run(a.root, seed, mode) is not None:
+                continue
+            run_main(a.root, seed, mode, extra)
+            r = read_run(a.root, seed, mode)
             print(
-                f"seed {seed} --amp {mode}: test error {_err(r['res']['test']):.2f}%, "
+                f"seed {seed} --amp {mode}: test error {_err(r['test']):.2f}%, "
                 f"{r['wall'] / 60:.1f} min",
                 file=sys.stderr,
                 flush=True,
             )
+    runs = [r for seed in a.seeds for mode in a.modes if (r := read_run(a.root, seed, mode))]
     lines = [
         f"## The main job in bf16 and fp32 over seeds {', '.join(map(str, a.seeds))} "
         f"({start} – {utc_now()})",
@@ -151,7 +186,7 @@ def main() -> None:
         "Command: `.venv/bin/python bench/amp_parity.py"
         + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
         + "`, which runs, for each seed, one after the other (each with an empty run folder "
-        "and token cache):",
+        "and token cache; with --reuse, runs finished earlier are read from their folders):",
         "",
         *[f"- `{r['cmd']}`" for r in runs[: len(a.modes)]],
         "",
