@@ -375,3 +375,13 @@ def test_fit_reports_the_kept_epochs(capsys, files, tmp_path, monkeypatch):
     assert math.isfinite(history[-1]["macro_f1"])
     assert not list((where / "report" / "train").glob("*.pt"))  # no checkpoint published
     assert np.isfinite(res["classifier"]["valid"]["accuracy"])
+
+
+def test_the_printed_summary_names_the_kept_epoch_only_when_tracked():
+    from ulmfit.cli.lm import kept_note
+
+    untracked = {"kept": decision(None, TrackState(), 0, 4, 4)}
+    assert kept_note(untracked) == "" and kept_note({}) == ""  # output as before
+    state = TrackState(best=0.5, best_epoch=0, wait=1)
+    tracked = {"kept": decision(Track(), state, 3, 2, 2)}
+    assert kept_note(tracked) == "  (kept epoch 1 of 2: best valid_loss 0.5000)"

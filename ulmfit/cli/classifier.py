@@ -18,7 +18,7 @@ from ulmfit.cli.common import (
     label_spec,
 )
 from ulmfit.cli.fields import add_config_options, add_field_option, add_option, given_settings
-from ulmfit.cli.lm import add_pretrained_vocab_options
+from ulmfit.cli.lm import add_pretrained_vocab_options, kept_note
 from ulmfit.config import ClassifierConfig, FinetuneLMConfig
 from ulmfit.errors import UserError
 
@@ -140,9 +140,10 @@ def _print_fit(args: argparse.Namespace, result: dict) -> None:
         )
     for key in ("lm", "lm_bwd"):
         if key in result:
-            print(f"language model: {result[key]['out']}")
+            print(f"language model: {result[key]['out']}{kept_note(result[key])}")
     print(
         f"classifier: {result['classifier']['model']}  (report: {result['classifier']['report']})"
+        + kept_note(result["classifier"])
     )
     _print_classifier_metrics("validation: ", {**result["classifier"]["valid"], "label_kind": kind})
     if "test" in result:

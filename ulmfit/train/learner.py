@@ -19,6 +19,14 @@ multi-stage script (freeze, fit, unfreeze, fit, ...) can be re-run as a whole wi
 Files in ``out_dir``: ``checkpoint.pt`` (latest, replaced atomically), ``metrics.jsonl`` (one
 line per epoch), ``steps.jsonl`` (one line per optimizer step), ``loss.png``.
 
+Stop on validation. ``fit_one_cycle(..., track=Track(...))`` (:mod:`ulmfit.train.tracker`)
+watches a validation metric after every epoch, as fastai's ``SaveModelCallback`` and
+``EarlyStoppingCallback``: the stage stops after ``patience`` epochs without improvement and
+ends on its best epoch's weights. The tracker's state and the best weights are part of the
+epoch checkpoint (one atomic file, so they cannot disagree with it after a kill), and a
+resumed stage that had stopped, or finished, ends on the same weights. Untracked (the
+default) the loop and the checkpoint are exactly as before.
+
 Several processes (``torchrun``, see :mod:`ulmfit.train.distributed`). The model is wrapped in
 PyTorch's ``DistributedDataParallel`` for the training forward/backward; ``self.model`` stays
 the plain module (``reset()``, ``state_dict``, freezing, validation). DDP registers its
