@@ -319,21 +319,17 @@ class Learner:
         if track is not None and self.valid_loader is None:
             raise UserError(f"tracking {track.monitor} needs a validation set")
         c = self.config
-        plan = FitPlan(
-            epochs=epochs,
-            lrs=optim.discriminative_lrs(lr_max, len(self.groups)),
-            wd=c.wd if wd is None else wd,
-            schedule=Schedule(
-                name=schedule,
-                div=c.div if div is None else div,
-                div_final=c.div_final if div_final is None else div_final,
-                pct_start=c.pct_start if pct_start is None else pct_start,
-                moms=tuple(c.moms if moms is None else moms),
-                cut_frac=c.cut_frac,
-                ratio=c.ratio,
-            ),
-            track=track,
+        sched = Schedule(
+            name=schedule,
+            div=c.div if div is None else div,
+            div_final=c.div_final if div_final is None else div_final,
+            pct_start=c.pct_start if pct_start is None else pct_start,
+            moms=tuple(c.moms if moms is None else moms),
+            cut_frac=c.cut_frac,
+            ratio=c.ratio,
         )
+        lrs = optim.discriminative_lrs(lr_max, len(self.groups))
+        plan = FitPlan(epochs, lrs, c.wd if wd is None else wd, sched, track)
         stage = self._c.stage
         self._c.stage += 1
         if stage == 0:
