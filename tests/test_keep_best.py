@@ -385,3 +385,19 @@ def test_the_printed_summary_names_the_kept_epoch_only_when_tracked():
     state = TrackState(best=0.5, best_epoch=0, wait=1)
     tracked = {"kept": decision(Track(), state, 3, 2, 2)}
     assert kept_note(tracked) == "  (kept epoch 1 of 2: best valid_loss 0.5000)"
+
+
+def test_a_changed_keep_is_named_with_both_values(files, tmp_path):
+    """A record made at the default leaves ``keep`` out: the message still says "last"."""
+    from ulmfit.tasks.lm_partial import check_same, run_settings
+
+    old = run_settings("finetune_lm", run_mod._settings(FinetuneLMConfig()))
+    new = run_settings("finetune_lm", run_mod._settings(FinetuneLMConfig(keep="best")))
+    with pytest.raises(UserError, match='--keep was "last" there, now "best"'):
+        check_same(tmp_path, old, new, ("config",))
+    with pytest.raises(UserError, match='--keep was "best" there, now "last"'):
+        check_same(tmp_path, new, old, ("config",))
+    parts = {"settings": run_mod._settings(ClassifierConfig())}
+    changed = {"settings": run_mod._settings(ClassifierConfig(patience=2))}
+    assert "(patience: null there, now 2)" in run_mod._what_changed(parts, changed)
+    assert "(patience: 2 there, now null)" in run_mod._what_changed(changed, parts)

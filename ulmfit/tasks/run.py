@@ -68,7 +68,7 @@ from ulmfit.tasks.classifier import (
     last_stage_track,
 )
 from ulmfit.tasks.lm_partial import partial_dir
-from ulmfit.train.checkpoint import StageFolder, result_settings
+from ulmfit.train.checkpoint import StageFolder, result_settings, setting_of
 
 STAGES_FILE = "stages.json"
 DRY_RUN_SUFFIX = ".dry-run"
@@ -236,7 +236,8 @@ def _what_changed(old: dict | None, new: dict) -> str:
             continue
         if part == "settings" and isinstance(was, dict):
             k = next(k for k in [*value, *was] if was.get(k) != value.get(k))
-            shown = f"{json.dumps(was.get(k))} there, now {json.dumps(value.get(k))}"
+            there, now = (json.dumps(setting_of(d, k)) for d in (was, value))
+            shown = f"{there} there, now {now}"
             return f"was made with other settings ({k}: {shown})"
         return f"was made from another {part}"
     return "was made from other inputs or settings"

@@ -44,6 +44,12 @@ FREE_SETTINGS = ("workers", "cache_dir", "device", "compile", "overwrite", "prog
 ADDED_SETTINGS = {"keep": "last", "patience": None, "monitor": "valid_loss"}
 
 
+def setting_of(settings: dict, name: str) -> object:
+    """The value of ``name`` in a record made by :func:`result_settings` (an added setting
+    left out is at its :data:`ADDED_SETTINGS` value), to name it in a message."""
+    return settings.get(name, ADDED_SETTINGS.get(name))
+
+
 def result_settings(settings: dict) -> dict:
     """``settings`` without the result-neutral ones (:data:`FREE_SETTINGS`), nor the added
     ones at the value that means what runs did before them (:data:`ADDED_SETTINGS`)."""
@@ -136,6 +142,7 @@ __all__ = [
     "FREE_SETTINGS",
     "StageFolder",
     "result_settings",
+    "setting_of",
     "rng_state",
     "set_rng_state",
 ]
