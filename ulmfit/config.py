@@ -22,6 +22,9 @@ from ulmfit.precision import AMP_MODES
 from ulmfit.text.rules import SPECIAL_TOKENS  # str rules only
 
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
+# which epoch a tracked stage ends on (ulmfit.train.tracker), and what a classifier may watch
+KEEP_CHOICES = ("last", "best")
+CLASSIFIER_MONITORS = ("valid_loss", "accuracy", "macro_f1")
 
 
 def setting(default: Any, help: str, type: Callable[[str], Any] | None = None, **argparse) -> Any:
@@ -183,6 +186,21 @@ class LMTrainConfig:
     valid_pct: float = setting(
         0.1, "share of documents held out for validation", fraction(low_open=False)
     )
+    # fastai's SaveModelCallback / EarlyStoppingCallback on the held-out loss of the last
+    # (unfrozen) stage; the defaults train every epoch and keep the last, as before
+    keep: str = setting(
+        "last",
+        "which epoch's weights the last stage ends on: its last, or the one with the best "
+        "held-out loss (--epochs is then a maximum)",
+        choices=list(KEEP_CHOICES),
+    )
+    patience: int | None = setting(
+        None,
+        "stop the last stage after this many epochs without a better held-out loss "
+        "(default: run every epoch)",
+        int_at_least(1),
+        metavar="EPOCHS",
+    )
     max_vocab: int = VocabConfig.max_vocab
     min_freq: int = VocabConfig.min_freq
     workers: int = PrepareConfig.workers  # tokenizer processes (0 = all cores)
@@ -268,6 +286,25 @@ class ClassifierConfig:
     max_len: int = 72 * 20
     valid_pct: float = setting(
         LMTrainConfig.valid_pct, "share of training rows held out", fraction(low_open=True)
+    )
+    # the last stage (every layer unfrozen), as LMTrainConfig's keep / patience
+    keep: str = like(
+        LMTrainConfig,
+        "keep",
+        help="which epoch's weights the classifier's last stage (every layer unfrozen) ends "
+        "on: its last, or the one with the best --monitor (--epochs is then a maximum)",
+    )
+    monitor: str = setting(
+        "valid_loss",
+        "validation metric that --keep best and --patience watch (accuracy: single-label; "
+        "macro_f1: single- or multi-label, at threshold 0.5 for multi-label)",
+        choices=list(CLASSIFIER_MONITORS),
+    )
+    patience: int | None = like(
+        LMTrainConfig,
+        "patience",
+        help="stop the classifier's last stage after this many epochs without a better "
+        "--monitor (default: run every epoch)",
     )
     seed: int = setting(TrainConfig.seed, "seed", int_at_least(0))
     workers: int = setting(

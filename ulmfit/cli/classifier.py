@@ -18,7 +18,7 @@ from ulmfit.cli.common import (
     label_spec,
 )
 from ulmfit.cli.fields import add_config_options, add_field_option, add_option, given_settings
-from ulmfit.cli.lm import add_pretrained_vocab_options
+from ulmfit.cli.lm import add_pretrained_vocab_options, kept_note
 from ulmfit.config import ClassifierConfig, FinetuneLMConfig
 from ulmfit.errors import UserError
 
@@ -122,6 +122,8 @@ def _fit_configs(args: argparse.Namespace):
         for k, v in (
             ("epochs", args.lm_epochs),
             ("lr", args.lm_lr),
+            ("keep", args.lm_keep),
+            ("patience", args.lm_patience),
             ("keep_pretrained_vocab", args.keep_pretrained_vocab),
         )
         if v is not None
@@ -138,9 +140,10 @@ def _print_fit(args: argparse.Namespace, result: dict) -> None:
         )
     for key in ("lm", "lm_bwd"):
         if key in result:
-            print(f"language model: {result[key]['out']}")
+            print(f"language model: {result[key]['out']}{kept_note(result[key])}")
     print(
         f"classifier: {result['classifier']['model']}  (report: {result['classifier']['report']})"
+        + kept_note(result["classifier"])
     )
     _print_classifier_metrics("validation: ", {**result["classifier"]["valid"], "label_kind": kind})
     if "test" in result:
@@ -275,6 +278,22 @@ def _add_fit_settings(p: argparse.ArgumentParser) -> None:
     lm = FinetuneLMConfig
     add_field_option(p, lm, "epochs", flag="--lm-epochs", help="LM fine-tuning epochs, unfrozen")
     add_field_option(p, lm, "lr", flag="--lm-lr", help="LM fine-tuning peak rate, unfrozen")
+    add_field_option(
+        p,
+        lm,
+        "keep",
+        flag="--lm-keep",
+        help="which epoch's weights LM fine-tuning's unfrozen stage ends on: its last, or the "
+        "one with the best held-out loss (--lm-epochs is then a maximum)",
+    )
+    add_field_option(
+        p,
+        lm,
+        "patience",
+        flag="--lm-patience",
+        help="stop LM fine-tuning after this many epochs without a better held-out loss "
+        "(default: run every epoch)",
+    )
     add_pretrained_vocab_options(p, prefix="lm")
     p.add_argument(
         "--dry-run",

@@ -74,6 +74,13 @@ def _lm_config(args: argparse.Namespace, cls):
     return cls(**given)
 
 
+def kept_note(result: dict) -> str:
+    """``  (kept epoch 2 of 4: best valid_loss ...)`` for a stage that watched validation;
+    nothing for the default (every epoch, the last kept), whose output stays as it was."""
+    kept = result.get("kept") or {}
+    return f"  (kept {kept['reason']})" if kept.get("monitor") else ""
+
+
 def _print_training(result: dict) -> None:
     if result.get("vocab_remap"):
         print(f"vocabulary: {result['vocab_remap']['summary']}")
@@ -82,6 +89,8 @@ def _print_training(result: dict) -> None:
             _print_metrics(label, result[key])
     resumed = "  (resumed an unfinished run)" if result.get("resumed") else ""
     print(f"model written to {result['out']}  (report: {result['report']}){resumed}")
+    if note := kept_note(result):
+        print(note.strip())
 
 
 def _print_lr_find(result: dict, as_json: bool) -> None:

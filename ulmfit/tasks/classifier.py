@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ulmfit.config import CLASSIFIER_CONFIG, ClassifierConfig
+from ulmfit.config import CLASSIFIER_CONFIG, CLASSIFIER_MONITORS, ClassifierConfig
 from ulmfit.devices import resolve_device
 from ulmfit.errors import UserError
 from ulmfit.metrics import SUMMARY_KEYS, predictions_of, sigmoid, tune_thresholds
@@ -108,9 +108,34 @@ def _check_config(cfg: ClassifierConfig) -> None:
         bad.append(problem)
     if not cfg.wd >= 0:
         bad.append(f"wd must be 0 or more, got {cfg.wd}")
+    if cfg.monitor not in CLASSIFIER_MONITORS:
+        bad.append(f"monitor must be one of {', '.join(CLASSIFIER_MONITORS)}, got {cfg.monitor!r}")
     if bad:
         raise UserError("; ".join(bad))
+    last_stage_track(cfg)
     precision_for(resolve_device(cfg.device), cfg.amp)  # a refused --amp, before any work
+
+
+# what each kind of target's validation reports, so what --monitor may watch
+_MONITORS_OF = {
+    "single": CLASSIFIER_MONITORS,
+    "multi": ("valid_loss", "macro_f1"),
+    "float": ("valid_loss",),
+}
+
+
+def last_stage_track(cfg: ClassifierConfig, kind: str | None = None):
+    """The Track of the last stage (``None``: keep-last, every epoch, as fastai's recipe);
+    with the target's ``kind``, a UserError for a monitor its validation does not report."""
+    from ulmfit.train.tracker import track_of
+
+    track = track_of(cfg.keep, cfg.patience, cfg.monitor)
+    if track is not None and kind is not None and cfg.monitor not in _MONITORS_OF[kind]:
+        raise UserError(
+            f"--monitor {cfg.monitor}: a {kind} target's validation reports "
+            f"{', '.join(_MONITORS_OF[kind])}"
+        )
+    return track
 
 
 # ----------------------------------------------------------------------------------------
@@ -320,6 +345,7 @@ def fit_classifier(
     lm, vocab, lm_config = load_model_dir(lm_dir)
     direction = lm_config.get("direction", "fwd")
     train, valid = _read_train_valid(train_spec, valid_spec, vocab, cfg, direction)
+    track = last_stage_track(cfg, train.kind)
     _say(
         cfg,
         f"classifier ({direction}): {len(train)} training, {len(valid)} validation documents, "
@@ -334,12 +360,12 @@ def fit_classifier(
     dev = str(distributed.device_for(cfg.device, dist.local_rank))
     work = out_dir / WORK_DIR
     resume = distributed.on_main(lambda: _open_work(work, stage_key, cfg))
-    learn = _learner(model, loaders, train.kind, work, dev, cfg)
+    learn = _learner(model, loaders, train.kind, work, dev, cfg, track)
     fit = _Fit(train_spec, valid_spec, lm_dir, out_dir, overwrite, cfg, train, valid, vocab, arch)
     finished = False
     try:
-        _train_stages(learn, cfg, resume)
-        result = distributed.on_main(lambda: _finish(fit, model, learn.history, direction, t0))
+        _train_stages(learn, cfg, resume, track)
+        result = distributed.on_main(lambda: _finish(fit, model, learn, direction, t0))
         finished = True
     finally:
         # an interrupted run with a key keeps its checkpoint for the next attempt
@@ -389,12 +415,14 @@ def _loaders(train: LabelledDocs, valid: LabelledDocs, cfg: ClassifierConfig, di
     return train_loader, valid_loader
 
 
-def _learner(model, loaders: tuple, kind: str, work: Path, dev: str, cfg: ClassifierConfig):
+def _learner(model, loaders: tuple, kind: str, work: Path, dev: str, cfg: ClassifierConfig, track):
     """The Learner of the classifier stage: fastai's classifier settings (no clipping), AR/TAR
-    on the encoder outputs, its checkpoint and logs in ``work``."""
+    on the encoder outputs (and macro-F1 when ``track`` watches it), its checkpoint and logs
+    in ``work``."""
     from ulmfit.config import TrainConfig
     from ulmfit.train import ClassifierTask, Learner
 
+    f1 = kind if track is not None and track.monitor == "macro_f1" else None
     tc = TrainConfig(
         moms=tuple(cfg.moms),
         wd=cfg.wd,
@@ -409,22 +437,23 @@ def _learner(model, loaders: tuple, kind: str, work: Path, dev: str, cfg: Classi
     return Learner(
         model,
         *loaders,
-        ClassifierTask(loss_for(kind), alpha=cfg.alpha, beta=cfg.beta),
+        ClassifierTask(loss_for(kind), alpha=cfg.alpha, beta=cfg.beta, f1=f1),
         out_dir=work,
         config=tc,
     )
 
 
-def _train_stages(learn, cfg: ClassifierConfig, resume: bool) -> None:
+def _train_stages(learn, cfg: ClassifierConfig, resume: bool, track=None) -> None:
     """fastai's gradual unfreezing (:data:`UNFREEZING_STAGES`); ``resume`` continues an
-    interrupted run from its checkpoint."""
+    interrupted run from its checkpoint. The last stage is tracked with ``track``."""
     moms, n_groups = tuple(cfg.moms), len(learn.groups)
     for frozen, share in UNFREEZING_STAGES:
         rate = cfg.lr * share
         if frozen is None:
             learn.unfreeze()
             epochs = 1 if cfg.dry_run else cfg.epochs
-            learn.fit_one_cycle(epochs, slice(rate / LR_SPREAD, rate), moms=moms, resume=resume)
+            lrs = slice(rate / LR_SPREAD, rate)
+            learn.fit_one_cycle(epochs, lrs, moms=moms, track=track, resume=resume)
         elif frozen == -1:  # the head alone: one rate
             learn.freeze_to(-1)
             learn.fit_one_cycle(1, rate, moms=moms, resume=resume)
@@ -449,7 +478,7 @@ class _Fit:
     arch: object
 
 
-def _finish(fit: _Fit, model, history: list, direction: str, t0: float) -> dict:
+def _finish(fit: _Fit, model, learn, direction: str, t0: float) -> dict:
     """Rank 0: predict the validation set, report and publish; the other ranks wait."""
     train, valid = fit.train, fit.valid
     precision = precision_for(str(next(model.parameters()).device), fit.cfg.amp).record()
@@ -457,7 +486,8 @@ def _finish(fit: _Fit, model, history: list, direction: str, t0: float) -> dict:
     extra = _label_settings(fit.train_spec, train, valid, logits)
     m, _ = predictions_of(train.kind, logits, valid.labels, {"classes": train.classes, **extra})
     headline = {k: m[k] for k in SUMMARY_KEYS[train.kind]}
-    report = {**_report_json(fit, m, history, direction, t0), "precision": precision}
+    report = {**_report_json(fit, m, learn.history, direction, t0), "precision": precision}
+    report["kept"] = learn.kept
     meta = {
         "trained": "fit_classifier",
         "lm": str(fit.lm_dir),
@@ -491,6 +521,7 @@ def _finish(fit: _Fit, model, history: list, direction: str, t0: float) -> dict:
         "classes": train.classes,
         **({"thresholds": extra["thresholds"]} if "thresholds" in extra else {}),
         "valid": headline,
+        "kept": report["kept"],
         "seconds": report["seconds"],
     }
 

@@ -95,7 +95,16 @@ def _check_config(cfg: LMTrainConfig) -> None:
             bad.append(f"{name} must be 1 or more, got {getattr(cfg, name)}")
     if bad:
         raise UserError("; ".join(bad))
+    _track(cfg)
     precision_for(resolve_device(cfg.device), cfg.amp)  # a refused --amp, before any work
+
+
+def _track(cfg: LMTrainConfig):
+    """The last stage's Track: the held-out loss, kept best and / or with a patience
+    (``None`` for the defaults, keep-last and every epoch); a bad setting is a UserError."""
+    from ulmfit.train.tracker import track_of
+
+    return track_of(cfg.keep, cfg.patience, "valid_loss")
 
 
 def _check_finetune(cfg: FinetuneLMConfig) -> None:
@@ -116,6 +125,7 @@ def _result(out: Path, report: dict) -> dict:
         "after": report.get("after"),
         "vocab_remap": report.get("vocab_remap"),
         "training_log": str(out / TRAIN_LOG_DIR / "metrics.jsonl"),
+        "kept": report.get("kept"),
         "resumed": report.get("resumed", False),
         "seconds": report["seconds"],
     }
@@ -242,6 +252,12 @@ def pretrain(
     cfg, main, t0, run, (out_dir, partial, previous) = _begin_run("pretrain", cfg, out_dir, resume)
     s = pretrain_setup(specs, cfg, valid)
     run.update(s.keys)
+    track = _track(cfg)
+    if track is not None and s.valid_loader is None:
+        raise UserError(
+            "--keep best and --patience watch the held-out loss: give --valid or a "
+            "--valid-pct above 0"
+        )
 
     def start_run() -> None:
         if previous is not None:
@@ -255,7 +271,12 @@ def pretrain(
         learn = lm_learner(s.model, s.train_loader, s.valid_loader, cfg, partial / TRAIN_LOG_DIR)
         epochs = 1 if cfg.dry_run else cfg.epochs
         learn.fit_one_cycle(
-            epochs, cfg.lr, moms=tuple(cfg.moms), wd=cfg.wd, resume=previous is not None
+            epochs,
+            cfg.lr,
+            moms=tuple(cfg.moms),
+            wd=cfg.wd,
+            track=track,
+            resume=previous is not None,
         )
         if not main:  # rank 0 evaluates and publishes
             return _worker_result(out_dir, previous is not None, t0)
@@ -268,6 +289,7 @@ def pretrain(
             "precision": learn.amp.record(),
             "after": after,
             "history": learn.history,
+            "kept": learn.kept,
             "training_log": f"{TRAIN_LOG_DIR}/metrics.jsonl",
             "dry_run": cfg.dry_run,
             "resumed": previous is not None,
@@ -291,7 +313,8 @@ def pretrain(
 def _fit_finetune_stages(learn, cfg: FinetuneLMConfig, resume: bool) -> None:
     """ULMFiT stage 2's two one-cycles: the last layer group alone (``frozen_epochs`` at
     ``frozen_lr``; none when 0), then every group (``epochs`` at ``lr``). A dry run trains
-    at most one epoch of each. ``resume`` skips what the run's checkpoint shows finished."""
+    at most one epoch of each. ``resume`` skips what the run's checkpoint shows finished.
+    The second one keeps the epoch of ``cfg.keep`` and stops after ``cfg.patience``."""
     moms = tuple(cfg.moms)
     frozen_epochs = min(cfg.frozen_epochs, 1) if cfg.dry_run else cfg.frozen_epochs
     if frozen_epochs:
@@ -299,7 +322,7 @@ def _fit_finetune_stages(learn, cfg: FinetuneLMConfig, resume: bool) -> None:
         learn.fit_one_cycle(frozen_epochs, cfg.frozen_lr, moms=moms, wd=cfg.wd, resume=resume)
     learn.unfreeze()
     epochs = 1 if cfg.dry_run else cfg.epochs
-    learn.fit_one_cycle(epochs, cfg.lr, moms=moms, wd=cfg.wd, resume=resume)
+    learn.fit_one_cycle(epochs, cfg.lr, moms=moms, wd=cfg.wd, track=_track(cfg), resume=resume)
 
 
 def finetune_lm(
@@ -367,6 +390,7 @@ def finetune_lm(
             "before": before,
             "after": after,
             "history": learn.history,
+            "kept": learn.kept,
             "training_log": f"{TRAIN_LOG_DIR}/metrics.jsonl",
             "dry_run": cfg.dry_run,
             "resumed": previous is not None,

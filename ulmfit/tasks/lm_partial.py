@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ulmfit.errors import UserError
-from ulmfit.train.checkpoint import StageFolder, result_settings
+from ulmfit.train.checkpoint import StageFolder, result_settings, setting_of
 
 PARTIAL_SUFFIX = ".partial"
 RUN_FILE = "run.json"  # the settings a --resume must repeat
@@ -75,7 +75,8 @@ def check_same(partial: Path, old: dict, new: dict, keys: Sequence[str]) -> None
             continue
         if key == "config" and isinstance(a, dict) and isinstance(b, dict):
             k = next(k for k in [*b, *a] if a.get(k) != b.get(k))
-            what = f"--{k.replace('_', '-')} was {_show(a.get(k))} there, now {_show(b.get(k))}"
+            there, now = (_show(setting_of(d, k)) for d in (a, b))
+            what = f"--{k.replace('_', '-')} was {there} there, now {now}"
         elif key == "command":
             what = f"it is an unfinished {_show(a)} run, this is {_show(b)}"
         else:

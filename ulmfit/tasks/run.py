@@ -65,9 +65,10 @@ from ulmfit.tasks.classifier import (
     clear_report,
     evaluate,
     fit_classifier,
+    last_stage_track,
 )
 from ulmfit.tasks.lm_partial import partial_dir
-from ulmfit.train.checkpoint import StageFolder, result_settings
+from ulmfit.train.checkpoint import StageFolder, result_settings, setting_of
 
 STAGES_FILE = "stages.json"
 DRY_RUN_SUFFIX = ".dry-run"
@@ -235,7 +236,8 @@ def _what_changed(old: dict | None, new: dict) -> str:
             continue
         if part == "settings" and isinstance(was, dict):
             k = next(k for k in [*value, *was] if was.get(k) != value.get(k))
-            shown = f"{json.dumps(was.get(k))} there, now {json.dumps(value.get(k))}"
+            there, now = (json.dumps(setting_of(d, k)) for d in (was, value))
+            shown = f"{there} there, now {now}"
             return f"was made with other settings ({k}: {shown})"
         return f"was made from another {part}"
     return "was made from other inputs or settings"
@@ -376,6 +378,7 @@ def _summary(out: Path, report: dict, reused: bool) -> dict:
         "label_kind": kind,
         "classes": report["classes"],
         "valid": {k: report["valid_metrics"][k] for k in SUMMARY_KEYS[kind]},
+        "kept": report.get("kept"),
         "seconds": report["seconds"],
         "reused": reused,
     }
@@ -572,6 +575,7 @@ def fit(
         if s is not None
     ]
     cfg = _check_labels(train_spec, valid_spec, test_spec, cfg)
+    last_stage_track(cfg, cfg.label_kind)  # a --monitor the target has not: before any work
     stages = _plan(texts, train_spec, valid_spec, test_spec, dirs, sources, lm_cfg, cfg)
     distributed.on_main(lambda: _check_replaces(out_dir, stages, overwrite))
     distributed.on_main(lambda: out_dir.mkdir(parents=True, exist_ok=True))

@@ -37,10 +37,27 @@ from ulmfit.atomic import atomic_write, staged_folder
 # a resumed run may use other values, and stage keys and run records leave them out.
 FREE_SETTINGS = ("workers", "cache_dir", "device", "compile", "overwrite", "progress", "verbose")
 
+# Settings added after runs were recorded, at the value that does what those runs did: left
+# out of keys and run records at that value, so a finished stage or an unfinished run of an
+# earlier version still matches (and another value changes the key). Fixed values, not the
+# current defaults: a record without the setting always means this value.
+ADDED_SETTINGS = {"keep": "last", "patience": None, "monitor": "valid_loss"}
+
+
+def setting_of(settings: dict, name: str) -> object:
+    """The value of ``name`` in a record made by :func:`result_settings` (an added setting
+    left out is at its :data:`ADDED_SETTINGS` value), to name it in a message."""
+    return settings.get(name, ADDED_SETTINGS.get(name))
+
 
 def result_settings(settings: dict) -> dict:
-    """``settings`` without the result-neutral ones (:data:`FREE_SETTINGS`)."""
-    return {k: v for k, v in settings.items() if k not in FREE_SETTINGS}
+    """``settings`` without the result-neutral ones (:data:`FREE_SETTINGS`), nor the added
+    ones at the value that means what runs did before them (:data:`ADDED_SETTINGS`)."""
+    return {
+        k: v
+        for k, v in settings.items()
+        if k not in FREE_SETTINGS and not (k in ADDED_SETTINGS and ADDED_SETTINGS[k] == v)
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -121,9 +138,11 @@ class StageFolder:
 
 
 __all__ = [
+    "ADDED_SETTINGS",
     "FREE_SETTINGS",
     "StageFolder",
     "result_settings",
+    "setting_of",
     "rng_state",
     "set_rng_state",
 ]

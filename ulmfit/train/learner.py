@@ -19,6 +19,14 @@ multi-stage script (freeze, fit, unfreeze, fit, ...) can be re-run as a whole wi
 Files in ``out_dir``: ``checkpoint.pt`` (latest, replaced atomically), ``metrics.jsonl`` (one
 line per epoch), ``steps.jsonl`` (one line per optimizer step), ``loss.png``.
 
+Stop on validation. ``fit_one_cycle(..., track=Track(...))`` (:mod:`ulmfit.train.tracker`)
+watches a validation metric after every epoch, as fastai's ``SaveModelCallback`` and
+``EarlyStoppingCallback``: the stage stops after ``patience`` epochs without improvement and
+ends on its best epoch's weights. The tracker's state and the best weights are part of the
+epoch checkpoint (one atomic file, so they cannot disagree with it after a kill), and a
+resumed stage that had stopped, or finished, ends on the same weights. Untracked (the
+default) the loop and the checkpoint are exactly as before.
+
 Several processes (``torchrun``, see :mod:`ulmfit.train.distributed`). The model is wrapped in
 PyTorch's ``DistributedDataParallel`` for the training forward/backward; ``self.model`` stays
 the plain module (``reset()``, ``state_dict``, freezing, validation). DDP registers its
@@ -60,6 +68,7 @@ from ulmfit.train.jsonl import read_jsonl, trim_jsonl
 from ulmfit.train.prefetch import device_batches, to_device
 from ulmfit.train.schedules import Schedule, ScheduleName
 from ulmfit.train.tasks import Task
+from ulmfit.train.tracker import Track, TrackState, decision
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -95,14 +104,18 @@ class FitPlan:
     lrs: list[float]
     wd: float
     schedule: Schedule
+    track: Track | None = None
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "epochs": self.epochs,
             "lrs": list(self.lrs),
             "wd": self.wd,
             "schedule": self.schedule.to_dict(),
         }
+        if self.track is not None:  # (an untracked plan reads as before tracking existed)
+            d["track"] = self.track.to_dict()
+        return d
 
 
 def _item(v: float | Tensor) -> float:
@@ -172,6 +185,9 @@ class Learner:
         self.out_dir = Path(out_dir)
         self.frozen_idx = 0
         self._c = _Counters()
+        self._track = TrackState()  # the running stage's (see fit_one_cycle's track)
+        self._best: dict[str, Tensor] | None = None  # its best epoch's weights, on the CPU
+        self._kept: dict | None = None
 
     # -- freezing ---------------------------------------------------------------------
     def freeze_to(self, n: int) -> None:
@@ -215,6 +231,12 @@ class Learner:
     def epoch(self) -> int:
         """Epochs trained so far, all ``fit_one_cycle`` calls together."""
         return self._c.epoch
+
+    @property
+    def kept(self) -> dict | None:
+        """Which epoch the last ``fit_one_cycle`` call ended on and why (see
+        :func:`ulmfit.train.tracker.decision`); ``None`` before any call finished."""
+        return None if self._kept is None else dict(self._kept)
 
     # -- one optimizer step ---------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -279,6 +301,7 @@ class Learner:
         pct_start: float | None = None,
         div: float | None = None,
         div_final: float | None = None,
+        track: Track | None = None,
         resume: bool = False,
     ) -> Learner:
         """Train ``epochs`` epochs under the one-cycle (or STLR) schedule; returns ``self``.
@@ -286,28 +309,32 @@ class Learner:
         ``lr_max``: a float, ``slice(lo, hi)`` (discriminative, geometric over groups) or one
         rate per group. ``None`` arguments take ``self.config``'s values. With ``resume``,
         continue from ``out_dir/checkpoint.pt`` if it belongs to this call (see module doc).
+        ``track``: watch a validation metric after every epoch, stop after ``patience`` epochs
+        without improvement and end on the best epoch's weights (``epochs`` is then a
+        maximum); the best weights travel in the checkpoint. ``None``: every epoch, the last
+        kept. :attr:`kept` says which epoch the call ended on, and why.
         """
         if epochs < 1:
             raise UserError(f"epochs must be at least 1, got {epochs}")
+        if track is not None and self.valid_loader is None:
+            raise UserError(f"tracking {track.monitor} needs a validation set")
         c = self.config
-        plan = FitPlan(
-            epochs=epochs,
-            lrs=optim.discriminative_lrs(lr_max, len(self.groups)),
-            wd=c.wd if wd is None else wd,
-            schedule=Schedule(
-                name=schedule,
-                div=c.div if div is None else div,
-                div_final=c.div_final if div_final is None else div_final,
-                pct_start=c.pct_start if pct_start is None else pct_start,
-                moms=tuple(c.moms if moms is None else moms),
-                cut_frac=c.cut_frac,
-                ratio=c.ratio,
-            ),
+        sched = Schedule(
+            name=schedule,
+            div=c.div if div is None else div,
+            div_final=c.div_final if div_final is None else div_final,
+            pct_start=c.pct_start if pct_start is None else pct_start,
+            moms=tuple(c.moms if moms is None else moms),
+            cut_frac=c.cut_frac,
+            ratio=c.ratio,
         )
+        lrs = optim.discriminative_lrs(lr_max, len(self.groups))
+        plan = FitPlan(epochs, lrs, c.wd if wd is None else wd, sched, track)
         stage = self._c.stage
         self._c.stage += 1
         if stage == 0:
             self._say(f"training in {describe(self.amp.record())}")
+        self._track, self._best, self._kept = TrackState(), None, None
         start = self._resume_point(stage, plan) if resume else 0
         if start is None:
             self._say(f"stage {stage}: finished in the checkpoint, skipped")
@@ -317,6 +344,8 @@ class Learner:
         self._trim_logs(stage, start)
         first_epoch = self._c.epoch - start  # learner epoch of this stage's epoch 0
         for e in range(start, epochs):
+            if self._track.stopped:  # (a resumed stage that had stopped early)
+                break
             t0 = time.perf_counter()
             train_loss = self._train_epoch(plan, stage, e, first_epoch + e)
             metrics = self.validate()
@@ -330,12 +359,37 @@ class Learner:
                 **metrics,
                 "seconds": round(time.perf_counter() - t0, 3),
             }
+            if track is not None:
+                self._watch(track, rec, e)
             self._c.epoch = first_epoch + e + 1
             self._c.history.append(rec)
             if self.main:  # the other ranks hold the same state: one writer is enough
                 self._log_epoch(rec, plan)
             self._say(self._summary(rec, epochs))
+        self._end_stage(track, stage, epochs)
         return self
+
+    def _watch(self, track: Track, rec: dict, e: int) -> None:
+        """After epoch ``e``: the tracked value's new best (its weights copied when they are
+        to be kept), or one more epoch without improvement."""
+        if track.monitor not in rec:
+            known = ", ".join(k for k in rec if k not in ("stage", "epoch", "learner_epoch"))
+            raise UserError(f"cannot track {track.monitor!r}: the epoch records hold {known}")
+        if self._track.update(track, float(rec[track.monitor]), e) and track.keep_best:
+            self._best = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+            }
+        if self._track.stopped:
+            self._say(f"no improvement of {track.monitor} for {self._track.wait} epochs: stopped")
+
+    def _end_stage(self, track: Track | None, stage: int, epochs: int) -> None:
+        """The stage's decision (:attr:`kept`); the best epoch's weights put back."""
+        run = len([r for r in self._c.history if r["stage"] == stage])
+        self._kept = decision(track, self._track, stage, run, epochs)
+        if track is not None and track.keep_best and self._best is not None:
+            self.model.load_state_dict(self._best)
+        if track is not None:
+            self._say(f"stage {stage}: kept {self._kept['reason']}")
 
     def _resume_point(self, stage: int, plan: FitPlan) -> int | None:
         """The epoch of stage ``stage`` to start at, after restoring the checkpoint if it
@@ -434,6 +488,10 @@ class Learner:
             "frozen_idx": self.frozen_idx,
             "config": asdict(self.config),
         }
+        if plan.track is not None:  # the tracked stage's state and best weights
+            state["track"] = self._track.to_dict()
+            if self._best is not None:
+                state["best_model"] = self._best
         path = Path(path)
         _atomic_write(path, lambda f: torch.save(state, f))
         return path
@@ -457,6 +515,9 @@ class Learner:
         self._c.stage = ckpt["stage"] + 1
         self._c.epoch = ckpt["epoch"]
         self._c.global_step = ckpt["global_step"]
+        if "track" in ckpt:
+            self._track = TrackState.from_dict(ckpt["track"])
+            self._best = ckpt.get("best_model")
 
     def _trim_logs(self, stage: int, epoch: int) -> None:
         """Forget log records from (stage, epoch) on: they are about to be written (again)."""

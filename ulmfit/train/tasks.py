@@ -86,18 +86,47 @@ class LMTask:
         return m
 
 
+_F1 = ("f1_tp/", "f1_pred/", "f1_true/")  # per-class counts that macro_f1 is made of
+
+
+def f1_counts(logits: Tensor, y: Tensor, kind: str) -> dict[str, float]:
+    """Per class: true positives, predictions and true members, summable over batches.
+    Single-label: the argmax; multi-label: a positive logit (probability above 0.5)."""
+    if kind == "single":
+        k = logits.size(-1)
+        pred = logits.argmax(-1)
+        counts = [torch.bincount(v, minlength=k) for v in (y[pred == y], pred, y)]
+    else:
+        pred, truth = logits > 0, y > 0
+        counts = [(pred & truth).sum(0), pred.sum(0), truth.sum(0)]
+    return {
+        f"{name}{c}": float(n) for name, cs in zip(_F1, counts) for c, n in enumerate(cs.tolist())
+    }
+
+
+def macro_f1(sums: dict[str, float], kind: str) -> float:
+    """Mean F1 over the classes (single-label: those the validation labels hold, as
+    :func:`ulmfit.metrics.single_label_metrics`), 0 for a class with no prediction nor member."""
+    tp, pred, true = ({k[len(n) :]: v for k, v in sums.items() if k.startswith(n)} for n in _F1)
+    classes = [c for c in true if kind != "single" or true[c] > 0]
+    f1 = [2 * tp[c] / (pred[c] + true[c]) if pred[c] + true[c] else 0.0 for c in classes]
+    return sum(f1) / len(f1) if f1 else 0.0
+
+
 @dataclass
 class ClassifierTask:
     """Single-label classification on ``(x, y, idx)`` batches: cross-entropy and accuracy.
 
     ``loss_fn`` can be swapped (label smoothing, class weights); it must return the batch
     mean. A model that returns a tuple (fastai's classifier returns logits plus the encoder
-    outputs) is read as its first element.
+    outputs) is read as its first element. ``f1`` (``"single"`` or ``"multi"``, the target's
+    kind) adds ``macro_f1`` to the validation metrics, for a stage that tracks it.
     """
 
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
     alpha: float = 0.0  # AR on the kept encoder outputs (fastai's classifier learner: 2)
     beta: float = 0.0  # TAR on them (fastai: 1)
+    f1: str | None = None
 
     def begin_epoch(self, model: nn.Module, training: bool) -> None:
         pass
@@ -123,10 +152,23 @@ class ClassifierTask:
         out: dict[str, float | Tensor] = {"loss": self.loss_fn(logits, y) * len(y), "n": len(y)}
         if y.dtype == torch.int64 and logits.dim() == 2:
             out["accuracy"] = (logits.argmax(-1) == y).sum()
+        if self.f1 is not None:
+            out.update(f1_counts(logits, y, self.f1))
         return out
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        return mean_metrics(sums)
+        if self.f1 is None:
+            return mean_metrics(sums)
+        m = mean_metrics({k: v for k, v in sums.items() if not k.startswith(_F1)})
+        return {**m, "macro_f1": macro_f1(sums, self.f1)}
 
 
-__all__ = ["ClassifierTask", "LMTask", "StepOutput", "Task", "mean_metrics"]
+__all__ = [
+    "ClassifierTask",
+    "LMTask",
+    "StepOutput",
+    "Task",
+    "f1_counts",
+    "macro_f1",
+    "mean_metrics",
+]
