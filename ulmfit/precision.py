@@ -9,9 +9,10 @@ computed on fp32 logits.
 * CUDA: bf16 where the GPU has it, else fp16 with a GradScaler (fp16's narrow exponent range
   lets small gradients underflow; bf16 has fp32's range and needs none).
 * CPU: bf16 where the CPU computes it natively: AMD's AVX512-BF16 (Zen 4 on) and Intel's
-  AVX512-BF16 or AMX (Cooper Lake, Sapphire Rapids on), Arm's BF16 extension. There oneDNN's
-  bf16 LSTM and matrix kernels ran the AWD-LSTM language model 1.4-2x faster than fp32 (see
-  bench/RESULTS.md). Without those units bf16 is emulated and slower, so ``auto`` keeps fp32.
+  AVX512-BF16 or AMX (Cooper Lake, Sapphire Rapids on), Arm's BF16 extension. On an AMD EPYC
+  with AVX512-BF16 oneDNN's bf16 LSTM and matrix kernels trained the AWD-LSTM language model
+  1.3x and predicted 2.2x faster than fp32, at the same accuracy (bench/RESULTS.md, issue 14).
+  Without those units bf16 is emulated and slower, so ``auto`` keeps fp32.
   fp16 is refused: PyTorch's CPU LSTM has no fp16 kernel (oneDNN fails to build one).
 * MPS: full precision (autocast there was never measured).
 
