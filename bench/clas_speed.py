@@ -149,10 +149,11 @@ def _our_model():
 def train_ours(spec: dict, data: dict) -> dict:
     """Our Learner on our classifier, one unfrozen epoch, ``TrainConfig.amp = spec["amp"]``."""
     import tempfile
+    from dataclasses import replace
 
     import torch.nn.functional as F
 
-    from ulmfit.config import TrainConfig
+    from ulmfit.config import engine_config
     from ulmfit.loaders import ClassifierLoader
     from ulmfit.train import ClassifierTask, Learner
 
@@ -162,16 +163,8 @@ def train_ours(spec: dict, data: dict) -> dict:
         ClassifierLoader(ids, off, y, bs=spec["bs"], train=True, max_len=None), spec["warm"]
     )
     valid = ClassifierLoader(vids, voff, vy, bs=spec["bs"], train=False, max_len=None)
-    tc = TrainConfig(
-        moms=tuple(cfg.moms),
-        wd=cfg.wd,
-        clip=None,
-        device="cpu",
-        amp=spec["amp"],
-        progress=False,
-        verbose=False,
-        plot=False,
-    )
+    run = replace(cfg, amp=spec["amp"], progress=False, verbose=False)
+    tc = replace(engine_config(run, clip=None, device="cpu"), plot=False)  # as fit_classifier
     task = ClassifierTask(F.cross_entropy, alpha=cfg.alpha, beta=cfg.beta)
     with tempfile.TemporaryDirectory() as out:
         Learner(model, train, valid, task, out_dir=out, config=tc).fit_one_cycle(1, 1e-3)

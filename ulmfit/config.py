@@ -320,6 +320,25 @@ class ClassifierConfig:
     verbose: bool = True
 
 
+def engine_config(
+    cfg: LMTrainConfig | ClassifierConfig, *, clip: float | None, device: str
+) -> TrainConfig:
+    """The training engine's settings a stage takes from its own config (the optimizer's moms
+    and wd, the seed, precision, compile, what it prints); clipping and the resolved device
+    are the caller's, as the language model clips and the classifier, like fastai's, does not."""
+    return TrainConfig(
+        moms=tuple(cfg.moms),
+        wd=cfg.wd,
+        clip=clip,
+        seed=cfg.seed,
+        device=device,
+        amp=cfg.amp,
+        compile=cfg.compile,
+        progress=cfg.progress,
+        verbose=cfg.verbose,
+    )
+
+
 # ----------------------------------------------------------------------------------------
 # Serving: what one request may ask, and where the server listens
 # ----------------------------------------------------------------------------------------

@@ -419,21 +419,11 @@ def _learner(model, loaders: tuple, kind: str, work: Path, dev: str, cfg: Classi
     """The Learner of the classifier stage: fastai's classifier settings (no clipping), AR/TAR
     on the encoder outputs (and macro-F1 when ``track`` watches it), its checkpoint and logs
     in ``work``."""
-    from ulmfit.config import TrainConfig
+    from ulmfit.config import engine_config
     from ulmfit.train import ClassifierTask, Learner
 
     f1 = kind if track is not None and track.monitor == "macro_f1" else None
-    tc = TrainConfig(
-        moms=tuple(cfg.moms),
-        wd=cfg.wd,
-        clip=None,
-        seed=cfg.seed,
-        device=dev,
-        amp=cfg.amp,
-        compile=cfg.compile,
-        progress=cfg.progress,
-        verbose=cfg.verbose,
-    )
+    tc = engine_config(cfg, clip=None, device=dev)
     return Learner(
         model,
         *loaders,

@@ -21,8 +21,8 @@ from ulmfit.config import (
     LMTrainConfig,
     PrepareConfig,
     PretrainConfig,
-    TrainConfig,
     VocabConfig,
+    engine_config,
 )
 from ulmfit.corpus import (
     TokenCorpus,
@@ -98,17 +98,7 @@ def lm_learner(model, train_loader, valid_loader, cfg: LMTrainConfig, log_dir: P
     """The engine's Learner with the LM loss (AR/TAR) and the run's optimizer settings."""
     from ulmfit.train import Learner, LMTask
 
-    tc = TrainConfig(
-        moms=tuple(cfg.moms),
-        wd=cfg.wd,
-        clip=cfg.clip,
-        seed=cfg.seed,
-        device=str(device_of(cfg)),
-        amp=cfg.amp,
-        compile=cfg.compile,
-        progress=cfg.progress,
-        verbose=cfg.verbose,
-    )
+    tc = engine_config(cfg, clip=cfg.clip, device=str(device_of(cfg)))
     return Learner(
         model,
         train_loader,
